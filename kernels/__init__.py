@@ -1,0 +1,1 @@
+"""Triton kernels of recon_fast, importable as ``recon_fast.kernels``."""
