@@ -1,0 +1,216 @@
+// A small kd-tree over one 3D cloud, used by the CPU kernels once clouds are large enough that
+// brute force (O(N) per query or per FPS step) stops paying off.
+//
+// Points are permuted so that every node covers a contiguous slice [begin, end) of the
+// structure-of-arrays coordinates; `index` maps a slot back to the point's original index.
+// Every search built on it returns exactly what brute force returns (ties broken by the
+// original index), because pruning uses bounding-box lower bounds that are, in floating point,
+// never larger than the distance computed for any point inside the box: box faces are point
+// coordinates and rounding is monotonic.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#include "common/cpu_utils.h"
+
+namespace recon_fast {
+
+template <typename T>
+struct KdTree {
+  struct Node {
+    T lo[3], hi[3];
+    int32_t begin, end;   // slice of the permuted arrays
+    int32_t left, right;  // children, -1 for a leaf
+    bool is_leaf() const { return left < 0; }
+  };
+
+  std::vector<T> x, y, z;        // permuted coordinates
+  std::vector<int64_t> index;    // original index of each slot
+  std::vector<Node> nodes;       // nodes[0] is the root (when not empty)
+  int32_t leaf_size = 32;
+
+  // Builds over the points `ids` of the cloud (xs, ys, zs are indexed by original index).
+  void build(const T* xs, const T* ys, const T* zs, std::vector<int64_t> ids, int32_t leaf) {
+    leaf_size = leaf;
+    nodes.clear();
+    const int64_t n = static_cast<int64_t>(ids.size());
+    index = std::move(ids);
+    if (n == 0) return;
+    nodes.reserve(static_cast<size_t>(4 * n / std::max<int32_t>(leaf, 1) + 4));
+    build_node(xs, ys, zs, 0, static_cast<int32_t>(n));
+    x.resize(n);
+    y.resize(n);
+    z.resize(n);
+    for (int64_t s = 0; s < n; ++s) {
+      x[s] = xs[index[s]];
+      y[s] = ys[index[s]];
+      z[s] = zs[index[s]];
+    }
+  }
+
+  bool empty() const { return nodes.empty(); }
+
+ private:
+  int32_t build_node(const T* xs, const T* ys, const T* zs, int32_t begin, int32_t end) {
+    const int32_t id = static_cast<int32_t>(nodes.size());
+    nodes.push_back(Node{});
+    Node node;
+    node.begin = begin;
+    node.end = end;
+    node.left = node.right = -1;
+    const T* coords[3] = {xs, ys, zs};
+    for (int a = 0; a < 3; ++a) {
+      T lo = coords[a][index[begin]], hi = lo;
+      for (int32_t s = begin + 1; s < end; ++s) {
+        const T v = coords[a][index[s]];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+      }
+      node.lo[a] = lo;
+      node.hi[a] = hi;
+    }
+    if (end - begin > leaf_size) {
+      int axis = 0;
+      for (int a = 1; a < 3; ++a) {
+        if (node.hi[a] - node.lo[a] > node.hi[axis] - node.lo[axis]) axis = a;
+      }
+      const int32_t mid = begin + (end - begin) / 2;
+      const T* c = coords[axis];
+      std::nth_element(index.begin() + begin, index.begin() + mid, index.begin() + end,
+                       [c](int64_t a, int64_t b) { return c[a] < c[b]; });
+      node.left = build_node(xs, ys, zs, begin, mid);
+      node.right = build_node(xs, ys, zs, mid, end);
+    }
+    nodes[id] = node;
+    return id;
+  }
+};
+
+// Lower bound of the distance from (px, py, pz) to any point inside the node's box.
+template <int Norm, typename T>
+inline T box_lower_bound(const typename KdTree<T>::Node& node, T px, T py, T pz) {
+  const T p[3] = {px, py, pz};
+  T gap[3];
+  for (int a = 0; a < 3; ++a) {
+    const T below = node.lo[a] - p[a];
+    const T above = p[a] - node.hi[a];
+    gap[a] = below > 0 ? below : (above > 0 ? above : T(0));
+  }
+  return point_dist<Norm>(gap[0], gap[1], gap[2]);
+}
+
+// A (distance, index) pair packed into one unsigned integer whose order is the lexicographic
+// order of the pair: distances are >= 0, and the bit patterns of non-negative IEEE floats sort
+// like the values. One integer compare then decides admission and ties, and sorted insertion
+// moves one array instead of two.
+template <typename T>
+struct DistKey;
+template <>
+struct DistKey<float> {
+  using type = uint64_t;
+  static type make(float d, int64_t i) {
+    uint32_t bits;
+    __builtin_memcpy(&bits, &d, sizeof(bits));
+    return (static_cast<uint64_t>(bits) << 32) | static_cast<uint32_t>(i);
+  }
+  static float dist(type key) {
+    const uint32_t bits = static_cast<uint32_t>(key >> 32);
+    float d;
+    __builtin_memcpy(&d, &bits, sizeof(d));
+    return d;
+  }
+  static int64_t index(type key) { return static_cast<int64_t>(key & 0xffffffffu); }
+};
+template <>
+struct DistKey<double> {
+  using type = unsigned __int128;
+  static type make(double d, int64_t i) {
+    uint64_t bits;
+    __builtin_memcpy(&bits, &d, sizeof(bits));
+    return (static_cast<type>(bits) << 64) | static_cast<uint64_t>(i);
+  }
+  static double dist(type key) {
+    const uint64_t bits = static_cast<uint64_t>(key >> 64);
+    double d;
+    __builtin_memcpy(&d, &bits, sizeof(d));
+    return d;
+  }
+  static int64_t index(type key) { return static_cast<int64_t>(static_cast<uint64_t>(key)); }
+};
+
+// The k best (distance, index) pairs seen so far, kept sorted ascending (ties by index).
+template <typename T>
+struct TopK {
+  using Key = typename DistKey<T>::type;
+  Key* keys;  // caller-provided storage for k keys
+  int64_t k;
+  int64_t count = 0;
+
+  // Unused slots hold the largest key, so insertion needs no special case for a partial list.
+  TopK(Key* storage, int64_t kk) : keys(storage), k(kk) {
+    for (int64_t j = 0; j < k; ++j) keys[j] = ~Key(0);
+  }
+
+  bool full() const { return count == k; }
+  Key worst_key() const { return keys[k - 1]; }
+  T worst() const { return full() ? DistKey<T>::dist(keys[k - 1]) : std::numeric_limits<T>::infinity(); }
+  bool accepts(T d, int64_t i) const { return DistKey<T>::make(d, i) < worst_key(); }
+
+  void insert(T d, int64_t i) { insert_key(DistKey<T>::make(d, i)); }
+
+  void insert_key(Key key) {
+    // Sorted insertion without data-dependent branches (they mispredict on most admissions):
+    // slot j keeps keys[j] if smaller, else takes max(key, keys[j - 1]). Walking down from the
+    // end reads keys[j - 1] before it is overwritten.
+    const int64_t top_slot = count < k ? count : k - 1;
+    for (int64_t j = top_slot; j > 0; --j) {
+      const Key cur = keys[j], prev = keys[j - 1];
+      keys[j] = cur < key ? cur : (prev > key ? prev : key);
+    }
+    keys[0] = keys[0] < key ? keys[0] : key;
+    count += count < k;
+  }
+
+  T dist(int64_t j) const { return DistKey<T>::dist(keys[j]); }
+  int64_t index(int64_t j) const { return DistKey<T>::index(keys[j]); }
+};
+
+// k-nearest-neighbour search of one query in the tree, results merged into `top`.
+template <int Norm, typename T>
+void kdtree_knn(const KdTree<T>& tree, T qx, T qy, T qz, TopK<T>& top) {
+  if (tree.empty()) return;
+  int32_t stack[128];
+  int sp = 0;
+  stack[sp++] = 0;
+  while (sp > 0) {
+    const auto& node = tree.nodes[stack[--sp]];
+    const T bound = box_lower_bound<Norm, T>(node, qx, qy, qz);
+    // A box whose bound equals the current worst can still hold a tie with a lower index.
+    if (top.full() && bound > top.worst()) continue;
+    if (node.is_leaf()) {
+      for (int32_t s = node.begin; s < node.end; ++s) {
+        const T d = point_dist<Norm>(qx - tree.x[s], qy - tree.y[s], qz - tree.z[s]);
+        if (top.accepts(d, tree.index[s])) top.insert(d, tree.index[s]);
+      }
+      continue;
+    }
+    const auto& l = tree.nodes[node.left];
+    const auto& r = tree.nodes[node.right];
+    const T bl = box_lower_bound<Norm, T>(l, qx, qy, qz);
+    const T br = box_lower_bound<Norm, T>(r, qx, qy, qz);
+    // Push the farther child first so the nearer one is searched first.
+    if (bl <= br) {
+      stack[sp++] = node.right;
+      stack[sp++] = node.left;
+    } else {
+      stack[sp++] = node.left;
+      stack[sp++] = node.right;
+    }
+  }
+}
+
+}  // namespace recon_fast

@@ -1,0 +1,85 @@
+"""Argument checks shared by the public ops: every failure is a ValueError naming the argument."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+_checks = {"data": True}
+
+
+def set_checks(data: bool) -> None:
+    """Turn the data-dependent input checks on or off (default: on).
+
+    They reject NaN/inf coordinates and out-of-range lengths and indices. Reading the data costs
+    a device synchronisation on CUDA, so a training loop that validated its dataset once may
+    switch them off; shape, dtype and device checks always run, and the kernels stay memory-safe
+    either way. Under ``torch.compile`` data-dependent checks are skipped (they cannot be traced).
+    """
+    _checks["data"] = bool(data)
+
+
+def data_checks_enabled() -> bool:
+    return _checks["data"] and not torch.compiler.is_compiling()
+
+
+def describe(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def check_points(t, name: str, channels: int | None = 3) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    want = f"(B, N, {channels})" if channels else "(B, N, C)"
+    if t.dim() != 3:
+        raise ValueError(f"{name} must have shape {want}, got {describe(t)}")
+    if channels and t.shape[2] != channels:
+        raise ValueError(f"{name} must have shape {want} (last dimension {channels}), "
+                         f"got {describe(t)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, got {describe(t)}")
+    if data_checks_enabled() and t.numel() > 0:
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or infinite values ({describe(t)})")
+
+
+def check_pair(a, a_name: str, b, b_name: str) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{a_name} is on {a.device} but {b_name} is on {b.device}; "
+                         "move both to the same device")
+    if a.dtype != b.dtype:
+        raise ValueError(f"{a_name} has dtype {a.dtype} but {b_name} has dtype {b.dtype}; "
+                         "cast one of them")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{a_name} has batch size {a.shape[0]} but {b_name} has batch size "
+                         f"{b.shape[0]} (shapes {tuple(a.shape)} and {tuple(b.shape)})")
+
+
+def check_count(value, name: str, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}] ({what}), got {value}")
+    return value
+
+
+def lengths_or_full(lengths, name: str, points: torch.Tensor, points_name: str) -> torch.Tensor:
+    """An int64 (B,) lengths tensor on the points' device; all N when `lengths` is None."""
+    B, N = points.shape[0], points.shape[1]
+    if lengths is None:
+        return torch.full((B,), N, dtype=torch.int64, device=points.device)
+    if not isinstance(lengths, torch.Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.shape[0] != B:
+        raise ValueError(f"{name} must have shape (B,) = ({B},) to match {points_name}, "
+                         f"got {describe(lengths)}")
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integers, got {describe(lengths)}")
+    lengths = lengths.to(device=points.device, dtype=torch.int64)
+    if data_checks_enabled() and B > 0:
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 0 or high > N:
+            raise ValueError(f"{name} must lie in [0, {N}] (the padded size of {points_name}), "
+                             f"got values in [{low}, {high}]")
+    return lengths
