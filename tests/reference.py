@@ -118,6 +118,14 @@ def knn_cdist_topk(query, points, k, chunk: int | None = None):
     return torch.cat(dists, 1), torch.cat(idx, 1)
 
 
+def knn_matmul_topk(query, points, k):
+    """The reference code's kNN (utils/knn.py): |q|^2 + |p|^2 - 2 q.p by matmul, then topk."""
+    d = -2 * torch.matmul(query, points.transpose(1, 2))
+    d += (query ** 2).sum(-1)[:, :, None]
+    d += (points ** 2).sum(-1)[:, None, :]
+    return torch.topk(d, k, dim=-1, largest=False, sorted=False)
+
+
 def gather_points_reference(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     B, C = points.shape[0], points.shape[2]
     flat = idx.reshape(B, -1)
