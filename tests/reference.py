@@ -49,7 +49,7 @@ def fps_reference(xyz: torch.Tensor, m: int, lengths=None, start_idx=None,
         norm2 = sq[:, 0] + sq[:, 1] + sq[:, 2]
         eligible = torch.ones(L, dtype=torch.bool)
         if min_norm_sq is not None and min_norm_sq >= 0:
-            eligible = ~(norm2 <= min_norm_sq)
+            eligible = ~(norm2.double() <= min_norm_sq)  # compared in double, as pointnet2_ops
         mind = torch.where(eligible, torch.full((L,), float("inf"), dtype=pts.dtype),
                            torch.full((L,), float("-inf"), dtype=pts.dtype))
         out[b, 0] = start

@@ -225,8 +225,6 @@ def test_furthest_point_sample_only_ineligible_points_gives_zeros(device):
     assert torch.equal(got.cpu(), torch.zeros(2, 4, dtype=torch.int32))
 
 
-@pytest.mark.xfail(strict=True, reason="recon_fast.ops.fps compares |p|^2 with float32(1e-3); "
-                   "pointnet2 compares the float32 norm with the double 1e-3")
 def test_furthest_point_sample_threshold_is_compared_in_double(device):
     # |p|^2 of point 2 rounds (float32) to exactly float32(1e-3) = 0.00100000005 > 1e-3, so
     # pointnet2 may pick it, and it is the farthest from (5,0,0).

@@ -154,10 +154,10 @@ void fps_cloud(const scalar_t* xyz, int64_t length, int64_t start, int64_t m, do
   std::vector<char> eligible(length, 1);
   std::vector<int64_t> candidates;
   candidates.reserve(length);
-  const T threshold = static_cast<T>(min_norm_sq);
   for (int64_t i = 0; i < length; ++i) {
     const T norm = sq_dist3(cloud.x[i], cloud.y[i], cloud.z[i]);
-    eligible[i] = min_norm_sq < 0 || !(norm <= threshold);
+    // Compared in double, as pointnet2_ops compares its float norm with the double literal 1e-3.
+    eligible[i] = min_norm_sq < 0 || !(static_cast<double>(norm) <= min_norm_sq);
     if (eligible[i]) candidates.push_back(i);
   }
   if (count == 1) {
