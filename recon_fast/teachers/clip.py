@@ -17,6 +17,7 @@ Weights (``weights=``):
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
@@ -56,6 +57,12 @@ def _open_clip():
     except ImportError as e:
         raise ImportError("CLIP teachers need open_clip_torch (pip install open_clip_torch)") from e
     return open_clip
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(context_length: int):
+    """CLIP's BPE tokenizer (loading its merge table takes ~0.1 s, so share it)."""
+    return _open_clip().tokenizer.SimpleTokenizer(context_length=context_length)
 
 
 def clip_weight_candidates(model_name: str, tag: str,
@@ -125,7 +132,9 @@ def build_clip(model_name: str = DEFAULT_CLIP_MODEL,
                                        pretrained_text=False)
     if not source.is_random:
         state = load_state_dict_file(source.path)
-        for key in ("input_resolution", "context_length", "vocab_size"):  # TorchScript extras
+        # Extras of TorchScript archives (OpenAI's hyper-parameters; the causal mask that
+        # open_clip keeps as a non-persistent buffer but a traced model saves).
+        for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):
             state.pop(key, None)
         load_into(model, state, source.path)
     return model.float().eval(), source
@@ -172,7 +181,7 @@ class CLIPTextTeacher(_FrozenTeacher):
         self.register_buffer("attn_mask", model.attn_mask, persistent=False)
         self.context_length = int(model.positional_embedding.shape[0])
         self.output_dim = int(model.text_projection.shape[1])
-        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=self.context_length)
+        self.tokenizer = _tokenizer(self.context_length)
         self.identity = TeacherIdentity("open_clip", model_name, "text", source.tag,
                                         open_clip.__version__, (("quick_gelu", quick_gelu),))
         self._freeze(autocast)

@@ -65,22 +65,26 @@ class ViTImageTeacher(_FrozenTeacher):
         weights: file path, "pretrained" (local lookup, see module doc) or "random".
         seed: seed of the random initialisation when ``weights="random"``.
         autocast: bf16 autocast on CUDA.
+        model_kwargs: extra ``timm.create_model`` arguments (part of the identity).
     """
 
     def __init__(self, model_name: str = DEFAULT_VIT_MODEL,
                  weights: Union[str, os.PathLike] = "pretrained", *, seed: int = 0,
-                 autocast: bool = True):
+                 autocast: bool = True, model_kwargs: Optional[dict] = None):
         super().__init__()
         timm = _timm()
         source = resolve_vit_weights(weights, seed)
+        model_kwargs = dict(model_kwargs or {})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(source.seed if source.is_random else 0)
-            self.vit = timm.create_model(model_name, pretrained=False, num_classes=0)
+            self.vit = timm.create_model(model_name, pretrained=False, num_classes=0,
+                                         **model_kwargs)
         self.pre_logits: Optional[nn.Module] = None
         if not source.is_random:
             self._load(source.path)
         self.output_dim = int(self.vit.num_features)
-        options = (("pre_logits", self.pre_logits is not None),)
+        options = (("pre_logits", self.pre_logits is not None),) + tuple(
+            (f"kwarg:{k}", repr(v)) for k, v in sorted(model_kwargs.items()))
         self.identity = TeacherIdentity("timm", model_name, "image", source.tag, timm.__version__,
                                         options)
         self.float()
