@@ -56,6 +56,25 @@ def test_category_table_layouts(tmp_path):
     assert read_category_table(str(path)) == [(5, "02691156", "a"), (2, "03001627", "b")]
 
 
+@pytest.mark.parametrize("table", [
+    fx.SHAPENET_TABLE,
+    {"catalogue": {"0": "02691156", "1": "03001627"}, "describe": {"0": "a", "1": "b"}},
+    {"catalogue": {"5": 2691156, "2": 3001627, "10": 4401088}, "describe": {"5": "a", "2": "b",
+                                                                            "10": "c"}},
+    {"catalogue": {"1": 2691156, "0": 3001627}, "describe": {"0": "b", "1": "a"}},
+    {"catalogue": ["02691156", 3001627], "describe": ["a", "b"]},
+    [{"catalogue": 2691156, "describe": "a", "id": 1}, {"catalogue": "03001627", "describe": "b"}],
+])
+def test_category_table_matches_pandas(tmp_path, table):
+    """The official loader's reading: pd.read_json(path).iterrows(), label = index."""
+    pd = pytest.importorskip("pandas", reason="pandas is the reference here, not a dependency")
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
+    expected = [(int(index), "0" + str(row["catalogue"]), row["describe"])
+                for index, row in pd.read_json(str(path)).iterrows()]
+    assert read_category_table(str(path)) == expected
+
+
 def test_shapenet_whole_concatenates_test_then_train(shapenet):
     paths, _ = shapenet
     train_only = ShapeNet55(paths, "train", 64, whole=False, n_points=256, image="none")

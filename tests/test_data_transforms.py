@@ -204,7 +204,7 @@ class _Numbers(torch.utils.data.Dataset):
         return 10
 
     def __getitem__(self, i):
-        return {"i": i, "np": float(np.random.random())}
+        return {"i": i, "np": float(np.random.random()), "seed": torch.initial_seed()}
 
 
 def test_build_loader_train_and_eval_rules():
@@ -226,9 +226,12 @@ def test_build_loader_train_and_eval_rules():
 
 def test_build_loader_seeds_numpy_per_worker():
     loader = build_loader(_Numbers(), 1, train=False, workers=2, persistent_workers=False)
-    draws = [float(b["np"]) for b in loader]
-    # Items 0 and 1 are the first draws of workers 0 and 1: they must differ.
-    assert draws[0] != draws[1]
+    batches = list(loader)
+    # Items 0 and 1 are the first numpy draws of workers 0 and 1, seeded from their torch seeds.
+    for batch in batches[:2]:
+        seed = int(batch["seed"]) % 2 ** 32
+        assert float(batch["np"]) == np.random.RandomState(seed).random_sample()
+    assert batches[0]["seed"] != batches[1]["seed"]
 
 
 def test_build_loader_distributed_sampler(tmp_path):

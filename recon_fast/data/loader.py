@@ -14,9 +14,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 def seed_worker(worker_id: int) -> None:
     """Seed numpy and `random` in a DataLoader worker from the worker's torch seed.
 
-    torch already gives each worker ``base_seed + worker_id`` with a fresh base seed every epoch;
-    numpy/`random` would otherwise start identical in every worker (the official
-    ``worker_init_fn`` reseeds numpy from its own state, which repeats across epochs).
+    Every worker gets a distinct torch seed (``base_seed + worker_id``, base drawn anew each
+    epoch). The datasets here draw all their randomness from torch, so this only matters for
+    user code that uses numpy or `random` in a worker: the official ``worker_init_fn`` reseeds
+    numpy from numpy's own state, which repeats the same streams every epoch.
     """
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)

@@ -2,8 +2,9 @@
 
 Text: every prompt a pretraining sample can draw is one of ``num_classes x 20 prefixes x
 3 suffixes``, so the text teacher's output is a fixed table ``[num_classes, 20, 3, D]``, computed
-once in float32. ``table.lookup(label, prefix_id, suffix_id)`` returns exactly what running the
-teacher (in float32) on those prompts returns.
+once in float32. ``table.lookup(label, prefix_id, suffix_id)`` returns the float32 teacher output
+for those prompts (up to last-bit differences from how prompts are batched), with no per-step
+teacher cost and no bf16 rounding.
 
 Images: one feature per rendered view, from the deterministic "center" view (resize 256, centre
 crop 224, ImageNet normalisation, BGR as read). The official pipeline instead augments each image

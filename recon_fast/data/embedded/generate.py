@@ -218,10 +218,12 @@ def prepare_embedded(cache_dir: Optional[str] = None, *, seed: int = 0,
         tmp = f"{root}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         generate_embedded(tmp, config, workers, progress)
-        if os.path.isdir(root):  # stale or half-written from an older run; ours replaces it
-            shutil.rmtree(root, ignore_errors=True)
-        try:
-            os.rename(tmp, root)
-        except OSError:  # another process renamed its copy first; both are identical
+        if _is_complete(root, config):  # another process finished first; both are identical
             shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)  # an incomplete leftover of an older run
+            try:
+                os.rename(tmp, root)
+            except OSError:  # lost a race with another process renaming its identical copy
+                shutil.rmtree(tmp, ignore_errors=True)
     return EmbeddedSet(root, config)
