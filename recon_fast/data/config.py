@@ -1,0 +1,62 @@
+"""Build a dataset from an official ReCon dataset config (``cfgs/dataset_configs/*.yaml``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+from torch.utils.data import Dataset
+
+from recon_fast.data.modelnet import ModelNet, ModelNetFewShot
+from recon_fast.data.scanobjectnn import ScanObjectNN
+from recon_fast.data.shapenet import ShapeNet55, ShapeNetPaths
+
+
+def _get(cfg: Mapping[str, Any], key: str, source: str) -> Any:
+    if key not in cfg:
+        raise ValueError(f"dataset config ({source}) is missing key {key!r}; it has {sorted(cfg)}")
+    return cfg[key]
+
+
+def dataset_from_config(base: Mapping[str, Any], others: Optional[Mapping[str, Any]] = None,
+                        data_root: Optional[str] = None) -> Dataset:
+    """Instantiate the dataset an official config describes.
+
+    Args:
+        base: the ``_base_`` mapping (NAME, DATA_PATH/ROOT, N_POINTS, ...).
+        others: the ``others`` mapping (subset, npoints, whole, way, shot, fold, ...).
+        data_root: prefix for relative paths (the official configs use ``data/...``).
+    """
+    others = dict(others or {})
+    name = _get(base, "NAME", "_base_")
+    subset = _get(others, "subset", "others")
+
+    def path(key: str) -> str:
+        value = os.fspath(_get(base, key, name))
+        return os.path.join(data_root, value) if data_root and not os.path.isabs(value) else value
+
+    if name == "ShapeNet":
+        paths = ShapeNetPaths(path("DATA_PATH"), path("PC_PATH"), path("IMG_PATH"),
+                              path("TEXT_PATH"))
+        return ShapeNet55(paths, subset, int(others.get("npoints", 1024)),
+                          whole=bool(others.get("whole", False)),
+                          ratio=float(base.get("ratio", 1.0)),
+                          n_points=int(base.get("N_POINTS", 8192)))
+    if name == "ModelNet":
+        return ModelNet(path("DATA_PATH"), subset, int(base.get("NUM_CATEGORY", 40)),
+                        n_points=int(base.get("N_POINTS", 8192)),
+                        use_normals=bool(base.get("USE_NORMALS", False)))
+    if name == "ModelNetFewShot":
+        return ModelNetFewShot(path("DATA_PATH"), int(_get(others, "way", name)),
+                               int(_get(others, "shot", name)), int(_get(others, "fold", name)),
+                               subset, use_normals=bool(base.get("USE_NORMALS", False)))
+    if name in ("ScanObjectNN", "ScanObjectNN_hardest"):
+        root = path("ROOT")
+        if name == "ScanObjectNN_hardest":
+            variant = "hardest"
+        else:  # OBJ_ONLY lives in main_split_nobg, OBJ_BG in main_split
+            variant = "objectonly" if os.path.basename(os.path.normpath(root)).endswith("nobg") \
+                else "objectbg"
+        return ScanObjectNN(root, subset, variant)
+    raise ValueError(f"unknown dataset NAME {name!r}; expected ShapeNet, ModelNet, "
+                     "ModelNetFewShot, ScanObjectNN or ScanObjectNN_hardest")
