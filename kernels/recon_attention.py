@@ -26,6 +26,7 @@ must be set before the first ``import triton``; `INTERPRETED` tells which mode t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -367,22 +368,43 @@ def _check_roles(roles: Sequence[Role]) -> None:
                              f"k {tuple(role.k.shape)}")
 
 
-def attention_forward(roles: Sequence[Role], key_lengths: Optional[torch.Tensor], scale: float
-                      ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-    """Run one or two attention roles in one launch.
+@dataclass
+class Launch:
+    """One kernel launch: kernel[grid](*args, **kwargs) (kwargs: constexprs and launch options)."""
 
-    Returns per role (out (B, Tq, H*D) in the input dtype, lse (B, H, Tq) in the accumulation
-    dtype), lse being the natural log-sum-exp of each row of scaled scores.
-    """
+    kernel: object
+    grid: Tuple[int, int]
+    args: list
+    kwargs: dict
+
+    def run(self) -> None:
+        if INTERPRETED and not triton.knobs.runtime.interpret:
+            # The interpreter re-reads the knob while running (lazy imports, constexpr helpers):
+            # keep it consistent with the mode triton.language was imported in.
+            previous = os.environ.get("TRITON_INTERPRET")
+            os.environ["TRITON_INTERPRET"] = "1"
+            try:
+                self.kernel[self.grid](*self.args, **self.kwargs)
+            finally:
+                if previous is None:
+                    del os.environ["TRITON_INTERPRET"]
+                else:
+                    os.environ["TRITON_INTERPRET"] = previous
+            return
+        self.kernel[self.grid](*self.args, **self.kwargs)
+
+
+def _forward_launch(roles: Sequence[Role], key_lengths: Optional[torch.Tensor], scale: float):
+    """The forward launch for `roles` (None when there is nothing to compute) and its outputs."""
     _check_roles(roles)
     B, T, H, D = roles[0].k.shape
     dtype, device = roles[0].q.dtype, roles[0].q.device
     acc = accumulation_dtype(dtype)
     results = [(torch.empty(B, r.q.shape[1], H * D, dtype=dtype, device=device),
                 torch.empty(B, H, r.q.shape[1], dtype=acc, device=device)) for r in roles]
-    q_lens = [r.q.shape[1] for r in roles]
     if B * H == 0:
-        return results
+        return None, results
+    q_lens = [r.q.shape[1] for r in roles]
     meta = forward_meta(q_lens, T, D, dtype)
     blocks = [triton.cdiv(n, meta[name]) for n, name in zip(q_lens, ("BLOCK_M_A", "BLOCK_M_B"))]
     lengths, has_lengths = _lengths_arg(key_lengths, roles[0].q)
@@ -392,10 +414,21 @@ def attention_forward(roles: Sequence[Role], key_lengths: Optional[torch.Tensor]
                       *_q_strides(role.q), *role.k.stride()]
     if len(roles) == 1:
         role_args *= 2  # the role-B slots of a single-role launch are never read
-    grid = (B * H, sum(blocks))
-    _attention_fwd_kernel[grid](
-        *role_args, lengths, T, H, blocks[0], scale * LOG2E_VALUE,
-        HAS_LENGTHS=has_lengths, **meta, **_launch_options(meta, dtype, backward=False))
+    args = role_args + [lengths, T, H, blocks[0], scale * LOG2E_VALUE]
+    kwargs = dict(HAS_LENGTHS=has_lengths, **meta, **_launch_options(meta, dtype, backward=False))
+    return Launch(_attention_fwd_kernel, (B * H, sum(blocks)), args, kwargs), results
+
+
+def attention_forward(roles: Sequence[Role], key_lengths: Optional[torch.Tensor], scale: float
+                      ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Run one or two attention roles in one launch.
+
+    Returns per role (out (B, Tq, H*D) in the input dtype, lse (B, H, Tq) in the accumulation
+    dtype), lse being the natural log-sum-exp of each row of scaled scores.
+    """
+    launch, results = _forward_launch(roles, key_lengths, scale)
+    if launch is not None:
+        launch.run()
     return results
 
 
@@ -409,19 +442,26 @@ class RoleGrads:
     dv: torch.Tensor
 
 
-def attention_backward(roles: Sequence[Role], outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
-                       grad_outs: Sequence[torch.Tensor], grads: Sequence[RoleGrads],
-                       key_lengths: Optional[torch.Tensor], scale: float) -> None:
-    """Gradients of one or two roles in one launch, written into `grads`.
+def _check_grads(grads: Sequence[RoleGrads]) -> None:
+    for grad in grads:
+        for name in ("dq", "dk", "dv"):
+            t = getattr(grad, name)
+            if t.stride(3) != 1 or t.stride(2) != t.shape[3]:
+                raise ValueError(f"{name} must have contiguous (H, D) dims, got strides {t.stride()}")
+        if grad.dk.stride() != grad.dv.stride():
+            raise ValueError(f"dk and dv must share strides, got {grad.dk.stride()} and {grad.dv.stride()}")
 
-    outs and lses are the forward results; grad_outs are the gradients of outs (any strides).
-    """
+
+def _backward_launch(roles, outs, lses, grad_outs, grads, key_lengths, scale):
+    """The backward launch (None when there is nothing to compute) and the (target, scratch)
+    pairs to copy once it ran."""
     _check_roles(roles)
+    _check_grads(grads)
     B, T, H, D = roles[0].k.shape
     dtype, device = roles[0].q.dtype, roles[0].q.device
-    q_lens = [r.q.shape[1] for r in roles]
     if B * H == 0:
-        return
+        return None, []
+    q_lens = [r.q.shape[1] for r in roles]
     meta = backward_meta(q_lens, T, D, dtype)
     acc = accumulation_dtype(dtype)
     lengths, has_lengths = _lengths_arg(key_lengths, roles[0].q)
@@ -437,9 +477,105 @@ def attention_backward(roles: Sequence[Role], outs: Sequence[torch.Tensor], lses
                       dq.stride(0), dq.stride(1), grad.dk.stride(0), grad.dk.stride(1)]
     if len(roles) == 1:
         role_args *= 2  # the role-B slots of a single-role launch are never read
-    grid = (B * H, len(roles))
-    _attention_bwd_kernel[grid](
-        *role_args, lengths, T, H, scale, scale * LOG2E_VALUE,
-        HAS_LENGTHS=has_lengths, **meta, **_launch_options(meta, dtype, backward=True))
+    args = role_args + [lengths, T, H, scale, scale * LOG2E_VALUE]
+    kwargs = dict(HAS_LENGTHS=has_lengths, **meta, **_launch_options(meta, dtype, backward=True))
+    return Launch(_attention_bwd_kernel, (B * H, len(roles)), args, kwargs), copies
+
+
+def attention_backward(roles: Sequence[Role], outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
+                       grad_outs: Sequence[torch.Tensor], grads: Sequence[RoleGrads],
+                       key_lengths: Optional[torch.Tensor], scale: float) -> None:
+    """Gradients of one or two roles in one launch, written into `grads`.
+
+    outs and lses are the forward results; grad_outs are the gradients of outs (any strides).
+    """
+    launch, copies = _backward_launch(roles, outs, lses, grad_outs, grads, key_lengths, scale)
+    if launch is not None:
+        launch.run()
     for target, scratch in copies:
         target.copy_(scratch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ahead-of-time compile check (no GPU needed)
+# ---------------------------------------------------------------------------------------------
+
+_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+                 torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32"}
+
+
+def _specialised_source(launch: Launch):
+    """The launch as triton.compile input, specialised on its arguments the way a JIT launch is
+    (ints equal to 1 become constants; pointers and ints divisible by 16 are marked so)."""
+    from triton.compiler import ASTSource
+
+    signature, constants, attrs = {}, {}, {}
+    for index, name in enumerate(launch.kernel.arg_names):
+        value = launch.args[index] if index < len(launch.args) else launch.kwargs[name]
+        if index >= len(launch.args) or (isinstance(value, int) and value == 1):
+            signature[name], constants[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + _TRITON_TYPES[value.dtype]
+            if value.data_ptr() % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    options = {key: launch.kwargs[key] for key in ("num_warps", "num_stages")}
+    return ASTSource(launch.kernel, signature, constexprs=constants, attrs=attrs), options
+
+
+def _register_usage(cubin: bytes) -> Optional[dict]:
+    """Registers and spill stack of a cubin, from the cuobjdump shipped with triton (or None)."""
+    import re
+    import subprocess
+    import tempfile
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.isfile(tool):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        text = subprocess.run([tool, "-res-usage", handle.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", text)
+    return None if found is None else {"registers": int(found.group(1)), "stack": int(found.group(2))}
+
+
+def compile_check(dtype: torch.dtype, batch: int, tokens: int, queries: Optional[int] = 3,
+                  heads: int = 6, head_dim: int = 64, arch: int = 90, ragged: bool = False) -> List[dict]:
+    """Compile the forward and backward launches of a ReCon block's attention for a CUDA arch
+    (80: Ampere, 90: Hopper) without a GPU: Triton's compiler and ptxas only.
+
+    Shapes follow the packed projections: self-attention over `tokens` patch tokens plus, unless
+    `queries` is None, cross-attention of `queries` global queries in the same launch. Returns per
+    kernel {"kernel", "shared", "registers", "stack"} (registers/stack None without cuobjdump).
+    Needs the compiler mode (TRITON_INTERPRET unset when triton was imported).
+    """
+    from triton.backends.compiler import GPUTarget
+
+    if INTERPRETED:
+        raise RuntimeError("compile_check needs triton imported without TRITON_INTERPRET=1")
+    width = heads * head_dim
+    packed = torch.zeros(batch, tokens, 3 * width, dtype=dtype).unflatten(2, (3, heads, head_dim))
+    roles = [Role(*packed.unbind(2))]
+    if queries is not None:
+        q = torch.zeros(batch, queries, heads, head_dim, dtype=dtype)
+        kv = torch.zeros(batch, tokens, 2 * width, dtype=dtype).unflatten(2, (2, heads, head_dim))
+        roles.append(Role(q, *kv.unbind(2)))
+    lengths = torch.full((batch,), tokens) if ragged else None
+    forward, results = _forward_launch(roles, lengths, head_dim ** -0.5)
+    grads = [RoleGrads(torch.empty_like(r.q), torch.empty_like(r.k), torch.empty_like(r.v)) for r in roles]
+    backward, _ = _backward_launch(roles, [o for o, _ in results], [lse for _, lse in results],
+                                   [torch.zeros_like(o) for o, _ in results], grads, lengths,
+                                   head_dim ** -0.5)
+    report = []
+    for launch in (forward, backward):
+        source, options = _specialised_source(launch)
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+        usage = _register_usage(compiled.asm["cubin"]) or {"registers": None, "stack": None}
+        report.append({"kernel": launch.kernel.__name__, "shared": compiled.metadata.shared, **usage})
+    return report

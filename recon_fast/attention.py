@@ -92,15 +92,22 @@ def triton_unavailable_reason(device: torch.device) -> Optional[str]:
     return None
 
 
-def _triton_is_default(t: torch.Tensor) -> bool:
-    if t.dtype not in _TRITON_AUTO_DTYPES:
+# Both are answered once per trace under torch.compile (they read the environment and devices).
+@torch.compiler.assume_constant_result
+def _triton_reason(device: torch.device) -> str:
+    return triton_unavailable_reason(device) or ""
+
+
+@torch.compiler.assume_constant_result
+def _triton_is_default(device: torch.device, dtype: torch.dtype) -> bool:
+    if dtype not in _TRITON_AUTO_DTYPES:
         return False
-    if t.device.type == "cuda":
-        if torch.cuda.get_device_capability(t.device) < _MIN_CAPABILITY:
+    if device.type == "cuda":
+        if torch.cuda.get_device_capability(device) < _MIN_CAPABILITY:
             return False
-    elif not (t.device.type == "cpu" and _env_interpret()):
+    elif not (device.type == "cpu" and _env_interpret()):
         return False  # never the interpreter unless the caller asked for it
-    return triton_unavailable_reason(t.device) is None
+    return triton_unavailable_reason(device) is None
 
 
 def resolve_backend(backend: str, t: torch.Tensor) -> str:
@@ -108,10 +115,10 @@ def resolve_backend(backend: str, t: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if _triton_is_default(t) else "sdpa"
+        return "triton" if _triton_is_default(t.device, t.dtype) else "sdpa"
     if backend == "triton":
-        reason = triton_unavailable_reason(t.device)
-        if reason is not None:
+        reason = _triton_reason(t.device)
+        if reason:
             raise ValueError(f"backend='triton' cannot run here: {reason}")
     return backend
 
