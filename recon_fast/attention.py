@@ -44,6 +44,9 @@ BACKENDS = ("auto", "triton", "sdpa", "eager")
 _TRITON_AUTO_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Sm80 (Ampere) is the oldest GPU the kernels are built and checked for (bf16 tensor cores).
 _MIN_CAPABILITY = (8, 0)
+# Largest head dimension the Triton kernels keep in registers (recon_attention.MAX_HEAD_DIM; kept
+# here so that choosing a backend does not import triton).
+_MAX_HEAD_DIM = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,16 +113,21 @@ def _triton_is_default(device: torch.device, dtype: torch.dtype) -> bool:
     return triton_unavailable_reason(device) is None
 
 
-def resolve_backend(backend: str, t: torch.Tensor) -> str:
-    """The backend that runs for `backend` on tensors like `t` ("auto" resolved)."""
+def resolve_backend(backend: str, t: torch.Tensor, head_dim: int = 64) -> str:
+    """The backend that runs for `backend` on tensors like `t` with heads of `head_dim` ("auto"
+    resolved)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    fits = head_dim <= _MAX_HEAD_DIM
     if backend == "auto":
-        return "triton" if _triton_is_default(t.device, t.dtype) else "sdpa"
+        return "triton" if fits and _triton_is_default(t.device, t.dtype) else "sdpa"
     if backend == "triton":
         reason = _triton_reason(t.device)
         if reason:
             raise ValueError(f"backend='triton' cannot run here: {reason}")
+        if not fits:
+            raise ValueError(f"backend='triton' keeps a head in registers: head_dim must be at most "
+                             f"{_MAX_HEAD_DIM}, got {head_dim}")
     return backend
 
 
@@ -437,9 +445,9 @@ def self_attention(qkv: torch.Tensor, num_heads: int, *, key_lengths: Optional[t
         (B, T, C) attention output with the heads merged, in qkv's dtype.
     """
     num_heads = _check_num_heads(num_heads)
-    B, T, _, _ = _check_packed(qkv, "qkv", 3, num_heads)
+    B, T, _, head_dim = _check_packed(qkv, "qkv", 3, num_heads)
     key_lengths = _check_key_lengths(key_lengths, B, T, qkv)
-    backend = resolve_backend(backend, qkv)
+    backend = resolve_backend(backend, qkv, head_dim)
     if backend == "triton":
         return torch.ops.recon_fast.triton_self_attention(qkv, num_heads, key_lengths)[0]
     q, k, v = _split_heads(qkv, 3, num_heads)
@@ -462,9 +470,9 @@ def cross_attention(q: torch.Tensor, kv: torch.Tensor, num_heads: int, *,
         (B, Tq, C) attention output with the heads merged.
     """
     num_heads = _check_num_heads(num_heads)
-    T, _ = _check_cross(q, kv, num_heads)
+    T, head_dim = _check_cross(q, kv, num_heads)
     key_lengths = _check_key_lengths(key_lengths, q.shape[0], T, q)
-    backend = resolve_backend(backend, q)
+    backend = resolve_backend(backend, q, head_dim)
     if backend == "triton":
         return torch.ops.recon_fast.triton_cross_attention(q, kv, num_heads, key_lengths)[0]
     (qh,) = _split_heads(q, 1, num_heads)
@@ -489,14 +497,14 @@ def recon_attention(qkv: torch.Tensor, q_cross: torch.Tensor, kv_cross: torch.Te
     """
     num_heads = _check_num_heads(num_heads)
     B, T, _, _ = _check_packed(qkv, "qkv", 3, num_heads)
-    T_cross, _ = _check_cross(q_cross, kv_cross, num_heads, "q_cross", "kv_cross")
+    T_cross, head_dim = _check_cross(q_cross, kv_cross, num_heads, "q_cross", "kv_cross")
     _check_same(qkv, "qkv", kv_cross, "kv_cross")
     if qkv.shape[2] != 3 * q_cross.shape[2] or T_cross != T:
         raise ValueError(f"qkv (B, T, 3C) and kv_cross (B, T, 2C) must describe the same tokens with "
                          f"C = {q_cross.shape[2]} (from q_cross): got qkv {tuple(qkv.shape)}, "
                          f"kv_cross {tuple(kv_cross.shape)}")
     key_lengths = _check_key_lengths(key_lengths, B, T, qkv)
-    backend = resolve_backend(backend, qkv)
+    backend = resolve_backend(backend, qkv, head_dim)
     if backend == "triton":
         self_out, _, cross_out, _ = torch.ops.recon_fast.triton_recon_attention(
             qkv, q_cross, kv_cross, num_heads, key_lengths)

@@ -385,6 +385,15 @@ def test_triton_on_cpu_without_the_interpreter_is_refused(monkeypatch):
         self_attention(torch.zeros(1, 4, 12), 2, backend="triton")
 
 
+def test_head_dim_beyond_the_kernels_limit(device, interpreter_flag):
+    triton_on(device)
+    qkv = torch.zeros(1, 3, 3 * 2 * 260, device=device)
+    with pytest.raises(ValueError, match="head_dim must be at most 256, got 260"):
+        self_attention(qkv, 2, backend="triton")
+    assert attention.resolve_backend("auto", qkv, head_dim=260) == "sdpa"
+    assert self_attention(qkv, 2).shape == (1, 3, 520)  # "auto" falls back to SDPA
+
+
 @pytest.mark.cuda
 def test_auto_picks_triton_on_cuda():
     x = torch.zeros(1, device="cuda")
