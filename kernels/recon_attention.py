@@ -336,8 +336,8 @@ def backward_meta(q_lens: Sequence[int], kv_len: int, head_dim: int, dtype: torc
 
 
 def _launch_options(meta: dict, dtype: torch.dtype, backward: bool) -> dict:
-    """Warps and pipelining picked so that no configuration spills registers on sm_80/sm_90
-    (checked with ptxas): the backward keeps five tiles live, fp32/fp64 tiles are twice as wide."""
+    """Warps and pipelining picked with ptxas (`compile_check`) so that the ReCon shapes do not
+    spill registers on sm_90: the backward keeps five tiles live, fp32/fp64 tiles are twice as wide."""
     wide = dtype in (torch.float32, torch.float64)
     if backward:
         return dict(num_warps=8 if wide or meta["BLOCK_N"] >= 64 else 4, num_stages=1)
