@@ -11,6 +11,32 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py for every test module
 
 CUDA = torch.cuda.is_available()
+
+
+def _import_triton_interpreted_if_no_gpu():
+    """Triton fixes interpreter vs compiler when triton.language is first imported (its reductions
+    are jitted functions themselves), and importing torch._dynamo (torch.library, torch.compile)
+    imports triton. So on a machine without a GPU the interpreter is requested here, before
+    recon_fast.attention is imported. The variable is restored afterwards so that other test
+    modules' "auto" backend keeps choosing SDPA on the CPU; Triton tests set it where they need it."""
+    if torch.cuda.is_available():
+        return
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton.language  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+# Before any test module imports recon_fast (whose torch.library use imports triton).
+_import_triton_interpreted_if_no_gpu()
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
@@ -19,7 +45,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none present); the same test runs on one")
     for item in items:
-        if "cuda" in item.keywords:
+        if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
 
 

@@ -13,29 +13,6 @@ import pytest
 import torch
 
 
-def _import_triton_interpreted_if_no_gpu():
-    """Triton fixes interpreter vs compiler when triton.language is first imported (its reductions
-    are jitted functions themselves), and importing torch._dynamo (torch.library, torch.compile)
-    imports triton. So on a machine without a GPU the interpreter is requested here, before
-    recon_fast.attention is imported. The variable is restored afterwards so that other test
-    modules' "auto" backend keeps choosing SDPA on the CPU; tests here set it where they need it."""
-    if torch.cuda.is_available():
-        return
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import triton.language  # noqa: F401
-    except ImportError:
-        pass
-    finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-
-
-_import_triton_interpreted_if_no_gpu()
-
 from reference_attention import cross_attention_reference, self_attention_reference  # noqa: E402
 from recon_fast import attention  # noqa: E402
 from recon_fast.attention import cross_attention, recon_attention, self_attention  # noqa: E402
