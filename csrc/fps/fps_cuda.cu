@@ -55,7 +55,7 @@ struct FpsParams {
   const int64_t* lengths;    // (B,)
   const int64_t* start_idx;  // (B,)
   int64_t B, N, m;
-  acc_t<scalar_t> threshold;  // min_norm_sq in the accumulation type
+  double threshold;           // min_norm_sq; compared in double, as pointnet2_ops does
   bool skip_near_origin;      // min_norm_sq >= 0
   int blocks_per_cloud;       // > 1: cooperative launch with a grid-wide barrier per step
   int64_t chunk;              // points per block: block g owns [g * chunk, (g + 1) * chunk)
@@ -106,10 +106,10 @@ __device__ __forceinline__ void block_argmax(T& d, int32_t& i, T (*slot_d)[kWarp
 
 // Initial running minimum: +inf for a point that may be chosen, -inf for one that may not.
 template <typename T>
-__device__ __forceinline__ T initial_min_dist(const Point4<T>& p, T threshold,
+__device__ __forceinline__ T initial_min_dist(const Point4<T>& p, double threshold,
                                               bool skip_near_origin) {
   const T norm = cuda::point_dist<2>(p.x, p.y, p.z);
-  const bool eligible = !skip_near_origin || !(norm <= threshold);
+  const bool eligible = !skip_near_origin || !(static_cast<double>(norm) <= threshold);
   return eligible ? cuda::positive_infinity<T>() : -cuda::positive_infinity<T>();
 }
 
@@ -343,7 +343,7 @@ at::Tensor fps_cuda(const at::Tensor& xyz_in, const at::Tensor& lengths_in, int6
     params.B = B;
     params.N = N;
     params.m = m;
-    params.threshold = static_cast<T>(min_norm_sq);
+    params.threshold = min_norm_sq;
     params.skip_near_origin = min_norm_sq >= 0;
     params.blocks_per_cloud = plan.blocks_per_cloud;
     params.chunk = plan.chunk;

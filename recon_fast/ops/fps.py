@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from recon_fast.ops._validation import check_count, check_points, lengths_or_full
+from recon_fast.ops._validation import (check_count, check_points, data_checks_enabled,
+                                        lengths_or_full)
 
 POINTNET2_MIN_NORM_SQ = 1e-3
 """pointnet2_ops never picks points with squared norm <= 1e-3 (after the start point)."""
@@ -47,5 +48,8 @@ def fps(xyz: torch.Tensor, m: int, lengths: torch.Tensor | None = None, *,
             start_idx = torch.zeros(B, dtype=torch.int64, device=xyz.device)
     else:
         start_idx = lengths_or_full(start_idx, "start_idx", xyz, "xyz")
+        if data_checks_enabled() and B > 0 and bool(((start_idx >= lengths) & (lengths > 0)).any()):
+            raise ValueError(f"start_idx must be smaller than lengths for every non-empty cloud, "
+                             f"got start_idx {start_idx.tolist()} and lengths {lengths.tolist()}")
     threshold = -1.0 if min_norm_sq is None else float(min_norm_sq)
     return torch.ops.recon_fast.fps(xyz, lengths, m, start_idx, threshold)
