@@ -19,17 +19,25 @@ def _get(cfg: Mapping[str, Any], key: str, source: str) -> Any:
 
 
 def dataset_from_config(base: Mapping[str, Any], others: Optional[Mapping[str, Any]] = None,
-                        data_root: Optional[str] = None) -> Dataset:
+                        data_root: Optional[str] = None, *, image: str = "augment",
+                        cache_dir: Optional[str] = None, progress: bool = True) -> Dataset:
     """Instantiate the dataset an official config describes.
 
     Args:
-        base: the ``_base_`` mapping (NAME, DATA_PATH/ROOT, N_POINTS, ...).
+        base: the ``_base_`` mapping (NAME, DATA_PATH/ROOT, N_POINTS, ...). NAME "Embedded"
+            (pretraining items) or "EmbeddedShapes" (classification items) selects the embedded
+            procedural set, generated on first use; its optional keys are SEED, CLASSES,
+            SHAPES_PER_CLASS, TEST_PER_CLASS and N_POINTS.
         others: the ``others`` mapping (subset, npoints, whole, way, shot, fold, ...).
         data_root: prefix for relative paths (the official configs use ``data/...``).
+        image: ShapeNet-style image loading: "augment" (official), "center" or "none".
+        cache_dir: where the embedded set is generated (default: RECON_FAST_CACHE).
     """
     others = dict(others or {})
     name = _get(base, "NAME", "_base_")
     subset = _get(others, "subset", "others")
+    if name in ("Embedded", "EmbeddedShapes"):
+        return _embedded_from_config(name, base, others, subset, image, cache_dir, progress)
 
     def path(key: str) -> str:
         value = os.fspath(_get(base, key, name))
@@ -41,7 +49,7 @@ def dataset_from_config(base: Mapping[str, Any], others: Optional[Mapping[str, A
         return ShapeNet55(paths, subset, int(others.get("npoints", 1024)),
                           whole=bool(others.get("whole", False)),
                           ratio=float(base.get("ratio", 1.0)),
-                          n_points=int(base.get("N_POINTS", 8192)))
+                          n_points=int(base.get("N_POINTS", 8192)), image=image)
     if name == "ModelNet":
         return ModelNet(path("DATA_PATH"), subset, int(base.get("NUM_CATEGORY", 40)),
                         n_points=int(base.get("N_POINTS", 8192)),
@@ -59,4 +67,22 @@ def dataset_from_config(base: Mapping[str, Any], others: Optional[Mapping[str, A
                 else "objectbg"
         return ScanObjectNN(root, subset, variant)
     raise ValueError(f"unknown dataset NAME {name!r}; expected ShapeNet, ModelNet, "
-                     "ModelNetFewShot, ScanObjectNN or ScanObjectNN_hardest")
+                     "ModelNetFewShot, ScanObjectNN, ScanObjectNN_hardest, Embedded or "
+                     "EmbeddedShapes")
+
+
+def _embedded_from_config(name: str, base: Mapping[str, Any], others: Mapping[str, Any],
+                          subset: str, image: str, cache_dir: Optional[str],
+                          progress: bool) -> Dataset:
+    from recon_fast.data.embedded import prepare_embedded
+
+    classes = base.get("CLASSES")
+    embedded = prepare_embedded(cache_dir, seed=int(base.get("SEED", 0)),
+                                classes=list(classes) if classes else None,
+                                shapes_per_class=int(base.get("SHAPES_PER_CLASS", 32)),
+                                test_per_class=int(base.get("TEST_PER_CLASS", 8)),
+                                n_points=int(base.get("N_POINTS", 8192)), progress=progress)
+    if name == "Embedded":
+        return embedded.pretrain_dataset(subset, int(others.get("npoints", 1024)),
+                                         whole=bool(others.get("whole", False)), image=image)
+    return embedded.classification_dataset(subset)
