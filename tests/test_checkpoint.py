@@ -78,7 +78,8 @@ def official_pretrain_file(path, *, with_teachers=False, prefix="module."):
 def test_state_dict_keys_are_the_official_ones_in_order():
     assert list(ReCon(config()).state_dict()) == OFFICIAL_PRETRAIN_KEYS
     classifier_keys = list(ReConClassifier(config(head_type="full")).state_dict())
-    trunk = [k[len("MAE_encoder."):] for k in OFFICIAL_PRETRAIN_KEYS if k.startswith("MAE_encoder.")]
+    trunk = [k[len("MAE_encoder."):] for k in OFFICIAL_PRETRAIN_KEYS
+             if k.startswith("MAE_encoder.")]
     assert classifier_keys == trunk + OFFICIAL_MLP_HEAD_KEYS
 
 
@@ -184,13 +185,15 @@ class _Opaque:  # stands for an argparse.Namespace or similar pickled object
 def test_shape_mismatch_names_the_key(tmp_path):
     path = tmp_path / "pretrain.pth"
     official_pretrain_file(path)
-    with pytest.raises(ValueError, match=r"pretrain.pth: tensor 'mask_token' has shape \(1, 1, 48\) "
-                                         r"but the model expects \(1, 1, 96\); .*and \d+ more"):
+    with pytest.raises(ValueError, match=r"pretrain.pth: tensor 'mask_token' has shape "
+                                         r"\(1, 1, 48\) but the model expects \(1, 1, 96\); "
+                                         r".*and \d+ more"):
         load_official_checkpoint(path, ReCon(config(trans_dim=96, encoder_dims=96)))
 
 
 def test_strict_load_lists_what_does_not_match(tmp_path):
     path = tmp_path / "pretrain.pth"
     official_pretrain_file(path)
-    with pytest.raises(ValueError, match=r"(?s)does not match the model exactly:\n.*missing.*unused"):
+    with pytest.raises(ValueError,
+                       match=r"(?s)does not match the model exactly:\n.*missing.*unused"):
         load_official_checkpoint(path, ReConClassifier(config()), strict=True)

@@ -209,7 +209,8 @@ def test_pretraining_cross_attention_stops_gradient_to_patch_tokens():
 
 def test_recon_block_adds_residuals_to_the_normalised_tensor():
     block = ReConBlock(16, 2, stop_grad=True)
-    for branch in (block.attn.proj, block.attn_contrast.proj, block.mlp.fc2, block.mlp_contrast.fc2):
+    branches = (block.attn.proj, block.attn_contrast.proj, block.mlp.fc2, block.mlp_contrast.fc2)
+    for branch in branches:
         torch.nn.init.zeros_(branch.weight)
         torch.nn.init.zeros_(branch.bias)
     x = torch.randn(2, 7, 16) * 3 + 1
@@ -269,7 +270,8 @@ def test_bf16_autocast_pretraining_and_finetuning():
         loss16, parts16 = model(pts, img, text, mask=mask)
     assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
     for key in parts32:
-        assert math.isclose(parts16[key].item(), parts32[key].item(), rel_tol=0.05, abs_tol=1e-3), key
+        assert math.isclose(parts16[key].item(), parts32[key].item(), rel_tol=0.05,
+                            abs_tol=1e-3), key
     loss16.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all()
                for p in model.parameters() if p.requires_grad)
@@ -291,6 +293,13 @@ def test_training_forward_compiles_into_one_graph():
     loss_c.backward()
     loss_random, _ = compiled(pts, img, text)  # mask drawn inside the graph
     assert torch.isfinite(loss_random)
+
+
+def test_finetuning_forward_compiles_into_one_graph():
+    model = ReConClassifier(tiny_config(depth=1, cls_dim=5)).eval()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    pts = clouds()
+    assert_matches(compiled(pts), model(pts), "compiled logits")
 
 
 # ---------------------------------------------------------------- configs and construction
@@ -367,7 +376,8 @@ def test_config_reads_the_official_pretraining_yaml(tmp_path):
     path.write_text(OFFICIAL_PRETRAIN_BASE_YAML)
     cfg = ReConConfig.from_yaml(path, attention_backend="eager")
     assert cfg == ReConConfig.base(attention_backend="eager")
-    assert (cfg.trans_dim, cfg.num_heads, cfg.depth, cfg.decoder_depth, cfg.num_masked) == (384, 6, 12, 4, 38)
+    sizes = (cfg.trans_dim, cfg.num_heads, cfg.depth, cfg.decoder_depth, cfg.num_masked)
+    assert sizes == (384, 6, 12, 4, 38)
     assert (cfg.img_feature_dim, cfg.text_feature_dim) == (768, 512)
     small = dict(trans_dim=256, encoder_dims=256, num_heads=4, decoder_num_heads=4)
     tiny = dict(trans_dim=192, encoder_dims=192, num_heads=3, decoder_num_heads=3)
@@ -399,6 +409,7 @@ def test_config_reads_official_downstream_sections(section, cls, expect):
     assert cfg.name == section["NAME"]
     model = build_model(section, depth=1)  # overrides keep the test small
     assert type(model) is cls and len(model.blocks.blocks) == 1
+    assert type(build_model(model.config)) is cls  # the config remembers the model
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -456,7 +467,8 @@ def test_nan_points_raise():
 
 
 @pytest.mark.parametrize("img,text,match", [
-    (torch.randn(BATCH, 21), torch.randn(BATCH, 12), r"img_feature must .* \(3, 20\), got shape \(3, 21\)"),
+    (torch.randn(BATCH, 21), torch.randn(BATCH, 12),
+     r"img_feature must .* \(3, 20\), got shape \(3, 21\)"),
     (torch.randn(BATCH, 20), torch.randn(BATCH, 13), r"text_feature must .* \(3, 12\)"),
     (torch.randn(BATCH + 1, 20), torch.randn(BATCH, 12), r"img_feature must .* \(3, 20\)"),
     (None, torch.randn(BATCH, 12), "img_feature is required"),

@@ -9,6 +9,8 @@ zero-shot / SVM variants), with the same parameter names: ``encoder.*``, ``cls_t
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 
@@ -66,9 +68,14 @@ class ReConTransformer(nn.Module):
             False for the downstream models (full gradient).
     """
 
+    official_name: str | None = None  # the official model NAME a subclass implements
+
     def __init__(self, config: ReConConfig, *, stop_grad: bool):
         super().__init__()
         check_attention_backend(config.attention_backend)
+        if self.official_name is not None and config.name != self.official_name:
+            # Record what this model is, so that a saved config rebuilds the same class.
+            config = dataclasses.replace(config, name=self.official_name)
         self.config = config
         dim = config.trans_dim
         self.encoder = PatchEncoder(config.encoder_dims)

@@ -82,7 +82,8 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def read_state_dict(path: str | os.PathLike, *, weights_only: bool = True) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, *,
+                    weights_only: bool = True) -> dict[str, torch.Tensor]:
     """Read the model state dict of a checkpoint file (wrapper prefixes removed).
 
     Accepts ``{'base_model': sd, ...}``, ``{'model': sd, ...}`` or a bare state dict.

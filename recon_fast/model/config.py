@@ -119,7 +119,7 @@ class ReConConfig:
 
     @property
     def num_masked(self) -> int:
-        """Masked patches per cloud in pretraining: int(mask_ratio * num_group), as the official code."""
+        """Masked patches per cloud in pretraining: int(mask_ratio * num_group), as officially."""
         return int(self.mask_ratio * self.num_group)
 
     # ------------------------------------------------------------------ presets
@@ -171,7 +171,8 @@ class ReConConfig:
             if key in _IGNORED_OFFICIAL_KEYS:
                 continue
             if key == "type":
-                values["zeroshot_type" if name == "PointTransformerZeroShot" else "head_type"] = value
+                zeroshot = name == "PointTransformerZeroShot"
+                values["zeroshot_type" if zeroshot else "head_type"] = value
             elif key == "ratio":
                 values["zeroshot_ratio"] = value
             elif key == "img_encoder":
@@ -200,8 +201,8 @@ class ReConConfig:
         with open(path) as f:
             data = yaml.safe_load(f)
         if not isinstance(data, Mapping) or "model" not in data:
-            raise ValueError(f"{path} has no 'model' section (top-level keys: "
-                             f"{sorted(data) if isinstance(data, Mapping) else type(data).__name__})")
+            seen = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(f"{path} has no 'model' section (top level: {seen})")
         return cls.from_official(data["model"], **overrides)
 
     def to_dict(self) -> dict:

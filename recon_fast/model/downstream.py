@@ -38,6 +38,8 @@ class ReConClassifier(ReConTransformer):
     for the latter two the official recipe trains only parameters whose name contains "cls"
     (see :meth:`freeze_as_official`)."""
 
+    official_name = "PointTransformer"
+
     def __init__(self, config: ReConConfig):
         super().__init__(config, stop_grad=False)
         self.init_global_tokens(include_cls_token=False)
@@ -88,6 +90,8 @@ class ReConZeroShot(ReConTransformer):
 
 class ReConSVMFeatures(ReConTransformer):
     """Frozen-feature extractor for the linear-SVM protocol (official ``PointTransformerSVM``)."""
+
+    official_name = "PointTransformerSVM"
 
     def __init__(self, config: ReConConfig):
         super().__init__(config, stop_grad=False)

@@ -1,4 +1,4 @@
-"""Building blocks of ReCon: patch encoder, attention, MLP, ReCon blocks, encoder and decoder stacks.
+"""Building blocks of ReCon: patch encoder, attention, MLP, ReCon blocks, encoder/decoder stacks.
 
 Module and parameter names follow the official code (models/transformer.py) so that state dicts
 are interchangeable: ``first_conv.0``, ``attn.qkv``, ``attn_contrast.q`` / ``.kv``,
@@ -25,7 +25,8 @@ class PatchEncoder(nn.Module):
         super().__init__()
         self.encoder_channel = encoder_channel
         self.first_conv = nn.Sequential(
-            nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1))
+            nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True),
+            nn.Conv1d(128, 256, 1))
         self.second_conv = nn.Sequential(
             nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
             nn.Conv1d(512, encoder_channel, 1))
@@ -158,7 +159,7 @@ class ReConBlock(nn.Module):
 
 
 class Block(nn.Module):
-    """Standard pre-norm transformer block (the decoder's): x + attn(norm1 x), then x + mlp(norm2 x)."""
+    """Standard pre-norm block (the decoder's): x + attn(norm1 x), then x + mlp(norm2 x)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
                  backend: str = "auto"):

@@ -12,6 +12,8 @@ one graph.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,7 +24,8 @@ from recon_fast.model.config import ReConConfig
 from recon_fast.model.layers import TransformerDecoder, init_student_weights, position_mlp
 from recon_fast.ops._validation import data_checks_enabled
 
-LOSS_KEYS = ("mdm", "csc_img", "csc_text")  # official names: reconstruction, image, text distillation
+# Official loss names: reconstruction, image distillation, text distillation.
+LOSS_KEYS = ("mdm", "csc_img", "csc_text")
 
 
 def split_by_mask(mask: torch.Tensor, num_masked: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +46,8 @@ class ReCon(nn.Module):
     def __init__(self, config: ReConConfig | None = None):
         super().__init__()
         config = config or ReConConfig()
+        if config.name != "ReCon":
+            config = dataclasses.replace(config, name="ReCon")
         self.config = config
         dim = config.trans_dim
         self.MAE_encoder = ReConTransformer(config, stop_grad=True)
@@ -96,7 +101,7 @@ class ReCon(nn.Module):
                 at random (:meth:`random_mask`) when omitted. Given for tests and analyses.
 
         Returns:
-            (loss, losses): the total (sum of the terms, a float32 scalar) and the terms by
+            (loss, losses): the total (sum of the terms; float32 under autocast) and the terms by
             official name: "mdm" (Chamfer reconstruction), "csc_img", "csc_text".
         """
         neighborhood, center = self.MAE_encoder.group(points)  # (B, G, K, 3), (B, G, 3)
@@ -135,8 +140,8 @@ class ReCon(nn.Module):
     def _check_mask(self, mask, center: torch.Tensor) -> torch.Tensor:
         B, G = center.shape[:2]
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (B, G):
-            seen = (f"shape {tuple(mask.shape)}, dtype {mask.dtype}" if isinstance(mask, torch.Tensor)
-                    else type(mask).__name__)
+            seen = (f"shape {tuple(mask.shape)}, dtype {mask.dtype}"
+                    if isinstance(mask, torch.Tensor) else type(mask).__name__)
             raise ValueError(f"mask must be a bool tensor of shape (B, num_group) = ({B}, {G}), "
                              f"got {seen}")
         mask = mask.to(center.device)
