@@ -1,10 +1,158 @@
-"""Command line entry point: ``recon-fast <command> ...``."""
+"""recon-fast: pretrain, finetune and evaluate ReCon from the command line.
+
+Configs are the official ReCon YAML files (cfgs/pretrain/base.yaml, cfgs/full/
+finetune_scan_hardest.yaml, ...) or the presets shipped with recon_fast (`recon-fast presets`),
+changed with `--set key.path=value`. Examples:
+
+  recon-fast pretrain --config embedded --teacher-weights random
+  recon-fast pretrain --config cfgs/pretrain/base.yaml --data-root /data --teacher-weights ~/.cache/clip/ViT-B-32.pt
+  recon-fast finetune --config cfgs/full/finetune_scan_hardest.yaml --init-ckpt runs/pretrain/ckpt-last.pth
+  torchrun --nproc-per-node 8 -m recon_fast.cli pretrain --config cfgs/pretrain/base.yaml ...
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+
+
+def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--config", required=True,
+                   help="official YAML config file, or a preset name (see `recon-fast presets`)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set total_bs=64 --set "
+                        "model.transformer_config.depth=4 (repeatable)")
+    g.add_argument("--out", default=default_out,
+                   help=f"run folder: checkpoints, log.txt, config.yaml, TensorBoard (default {default_out})")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from <out>/ckpt-last.pth (exactly where it stopped)")
+    g.add_argument("--init-ckpt", help="start from the weights of this checkpoint (official or ours)")
+    g.add_argument("--epochs", type=int,
+                   help="train for N epochs (sets max_epoch=N-1 and scales the cosine schedule)")
+    g.add_argument("--max-steps", type=int, help="stop after N optimizer steps (smoke runs)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also save ckpt-last.pth every N steps (default: at each epoch end)")
+    g.add_argument("--log-every", type=int, default=20, help="log losses every N steps (default 20)")
+    h = p.add_argument_group("hardware")
+    h.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    h.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision: auto = bf16 on CUDA, fp32 on the CPU")
+    h.add_argument("--compile", action="store_true", help="torch.compile the model")
+    h.add_argument("--attention-backend", choices=["auto", "triton", "sdpa", "eager"],
+                   help="attention implementation (default: the config's, else auto)")
+    h.add_argument("--workers", type=int, default=4, help="DataLoader workers (default 4)")
+    h.add_argument("--validate-data", action="store_true",
+                   help="keep the point ops' NaN/range checks on inside training steps (slower on CUDA)")
+    d = p.add_argument_group("data and teachers")
+    d.add_argument("--data-root", default=".",
+                   help="folder the config's relative dataset paths (data/...) start from")
+    d.add_argument("--cache-dir", help="embedded set + teacher feature caches "
+                                       "(default $RECON_FAST_CACHE or ~/.cache/recon_fast)")
+    d.add_argument("--teacher-weights",
+                   help="CLIP teacher weights: a file (e.g. ~/.cache/clip/ViT-B-32.pt), or 'random' "
+                        "for a smoke run (features are meaningless); default: look in local caches")
+    d.add_argument("--image-teacher-weights",
+                   help="timm ViT image teacher weights file (default: timm's local cache)")
+    d.add_argument("--image-teacher", default="cache", choices=["cache", "online", "off"],
+                   help="image targets: cached centre-view features (fast), the online teacher on "
+                        "augmented renders (official), or no image distillation")
+    o = p.add_argument_group("output")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
+
+
+def _options(args: argparse.Namespace):
+    from recon_fast.train.runtime import RunOptions
+
+    return RunOptions(
+        out_dir=args.out, device=args.device, amp=args.amp, compile=args.compile,
+        attention_backend=args.attention_backend, workers=args.workers, seed=args.seed,
+        resume=args.resume, init_ckpt=args.init_ckpt, epochs=args.epochs, max_steps=args.max_steps,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, data_root=args.data_root,
+        cache_dir=args.cache_dir, teacher_weights=args.teacher_weights,
+        image_teacher_weights=args.image_teacher_weights, image_teacher=args.image_teacher,
+        progress=not args.no_progress, tensorboard=not args.no_tensorboard,
+        validate_data=args.validate_data)
+
+
+def _load(args: argparse.Namespace):
+    from recon_fast.train.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from recon_fast.train.pretrain import run_pretrain
+
+    summary = run_pretrain(_load(args), _options(args))
+    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from recon_fast.train.finetune import run_finetune
+
+    summary = run_finetune(_load(args), _options(args), vote_rounds=args.vote_rounds,
+                           votes=args.votes)
+    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
+    return 0
+
+
+def _fewshot(args: argparse.Namespace) -> int:
+    from recon_fast.eval.fewshot import summarize_folds
+    from recon_fast.train.finetune import run_finetune
+
+    folds = _parse_folds(args.folds)
+    accs = []
+    for fold in folds:
+        overrides = args.overrides + [f"dataset.{s}.others.{k}={v}" for s in ("train", "val")
+                                      for k, v in (("way", args.way), ("shot", args.shot), ("fold", fold))]
+        from recon_fast.train.config import load_config
+
+        opts = _options(args)
+        opts.out_dir = f"{args.out}/fold{fold}"
+        summary = run_finetune(load_config(args.config, overrides), opts, vote_rounds=0)
+        accs.append(summary["best"] or 0.0)
+        print(f"[few-shot] {args.way}-way {args.shot}-shot fold {fold}: {accs[-1] * 100:.2f}%", flush=True)
+    mean, std = summarize_folds(accs)
+    print(f"[few-shot] {args.way}-way {args.shot}-shot over {len(accs)} folds: {mean:.2f} +- {std:.2f}",
+          flush=True)
+    return 0
+
+
+def _parse_folds(text: str) -> list[int]:
+    folds = []
+    for part in text.split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            folds += list(range(int(lo), int(hi) + 1))
+        elif part:
+            folds.append(int(part))
+    if not folds:
+        raise ValueError(f"--folds {text!r} names no fold")
+    return folds
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from recon_fast.train.evaluate import run_evaluation
+
+    result = run_evaluation(args.protocol, _load(args), _options(args), ckpt=args.ckpt,
+                            votes=args.votes, vote_rounds=args.vote_rounds)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from recon_fast.train.config import PRESET_DIR, list_presets
+
+    for name in list_presets():
+        print(name)
+    print(f"(in {PRESET_DIR})")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -33,9 +181,52 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recon-fast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="recon-fast", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="ReCon pretraining (reconstruction + distillation)")
+    _add_run_options(p, "runs/pretrain")
+    p.set_defaults(func=_pretrain)
+
+    f = sub.add_parser("finetune", help="classification finetuning with validation and voting")
+    _add_run_options(f, "runs/finetune")
+    f.add_argument("--votes", type=int, default=10, help="votes per test round (default 10)")
+    f.add_argument("--vote-rounds", type=int, default=1,
+                   help="voting rounds on the test set with the best checkpoint; the best round "
+                        "is reported (official: 299; 0 skips voting; default 1)")
+    f.set_defaults(func=_finetune)
+
+    s = sub.add_parser("fewshot", help="n-way k-shot finetuning over folds, mean +- std")
+    _add_run_options(s, "runs/fewshot")
+    s.add_argument("--way", type=int, required=True, help="classes per episode (5 or 10)")
+    s.add_argument("--shot", type=int, required=True, help="training shapes per class (10 or 20)")
+    s.add_argument("--folds", default="0-9", help="folds to run, e.g. 0-9 or 0,3,5 (default 0-9)")
+    s.set_defaults(func=_fewshot)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint: svm, zeroshot or vote")
+    e.add_argument("protocol", choices=["svm", "zeroshot", "vote", "accuracy"],
+                   help="svm: linear SVM on frozen features; zeroshot: CLIP prompts; vote: "
+                        "test-time voting; accuracy: plain-FPS accuracy")
+    e.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
+    e.add_argument("--votes", type=int, default=10, help="votes per round (vote)")
+    e.add_argument("--vote-rounds", type=int, default=1, help="voting rounds, best reported (vote)")
+    _add_run_options(e, "runs/eval")
+    e.set_defaults(func=_eval)
+
+    pr = sub.add_parser("presets", help="list the configs shipped with recon_fast")
+    pr.set_defaults(func=_presets)
+
     demo = sub.add_parser("demo", help="group random clouds and compute a Chamfer loss with the "
                                        "compiled ops (a smoke test of the install)")
     demo.add_argument("--batch", type=int, default=32, help="clouds per batch (default 32)")
@@ -48,18 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from recon_fast.train.config import ConfigError
+
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"recon-fast {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

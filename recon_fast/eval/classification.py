@@ -1,0 +1,52 @@
+"""Classification accuracy as the official finetune runner measures it."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+from recon_fast.data import fps_indices, fps_sample, point_all_for, random_subset
+from recon_fast.train.runtime import to_device
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, batches: Iterable[dict], npoints: int,
+             device: torch.device, autocast=None) -> float:
+    """Plain FPS to `npoints` (deterministic), argmax of the logits, accuracy over all items."""
+    model.eval()
+    correct = total = torch.zeros((), device=device, dtype=torch.long)
+    for batch in batches:
+        batch = to_device(batch, device)
+        points = fps_sample(batch["points"], npoints)
+        with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            logits = model(points)
+        correct = correct + (logits.argmax(-1) == batch["label"]).sum()
+        total = total + batch["label"].numel()
+    return float(correct) / max(int(total), 1)
+
+
+@torch.no_grad()
+def vote_accuracy(model: torch.nn.Module, batches: Callable[[], Iterable[dict]], npoints: int,
+                  device: torch.device, transform: Callable[[torch.Tensor], torch.Tensor], *,
+                  votes: int = 10, rounds: int = 1, autocast=None) -> tuple[float, list[float]]:
+    """The official test-time voting: per batch, FPS to point_all once, then `votes` random
+    npoints-subsets with the test transform; the votes' logits are averaged. Repeated for
+    `rounds` rounds (the official --test runs 299); returns (best, every round's accuracy)."""
+    model.eval()
+    per_round = []
+    for _ in range(rounds):
+        correct = total = 0
+        for batch in batches():
+            batch = to_device(batch, device)
+            points = batch["points"]
+            pool = fps_indices(points, point_all_for(npoints, points.shape[1]))
+            logits = 0
+            for _ in range(votes):
+                sample = transform(random_subset(points, pool, npoints))
+                with autocast() if autocast else torch.autocast(device.type, enabled=False):
+                    logits = logits + model(sample).float()
+            correct += int((logits.argmax(-1) == batch["label"]).sum())
+            total += batch["label"].numel()
+        per_round.append(correct / max(total, 1))
+    return max(per_round), per_round

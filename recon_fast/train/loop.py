@@ -1,0 +1,272 @@
+"""The epoch loop shared by pretraining and finetuning: optimizer, schedule, mixed precision,
+compile/DDP wrapping, logging, and checkpoints that resume exactly where a run stopped."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Callable, Optional
+
+import torch
+
+from recon_fast import ops
+from recon_fast.train.config import Config, ConfigError
+from recon_fast.train.optim import build_optimizer, build_schedule
+from recon_fast.train.runtime import (Dist, Logger, Meter, RunOptions, autocast_context,
+                                      grad_scaler, resolve_device, setup_distributed, unwrap)
+from recon_fast.train.state import (capture_rng, load_checkpoint_file, restore_rng, save_atomic,
+                                    seed_everything)
+
+LAST = "ckpt-last.pth"
+BEST = "ckpt-best.pth"
+
+
+def apply_epoch_override(config: Config, epochs: Optional[int]) -> Config:
+    """`--epochs N`: run epochs 0..N-1 with the cosine schedule (and its warm-up) scaled to N."""
+    if epochs is None:
+        return config
+    if epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    config = copy.deepcopy(config)
+    kwargs = config.setdefault("scheduler", Config({"type": "CosLR", "kwargs": Config()})).kwargs
+    old = int(kwargs.get("epochs", config.get("max_epoch", epochs)))
+    kwargs.epochs = epochs
+    kwargs.initial_epochs = int(round(int(kwargs.get("initial_epochs", 0)) * epochs / max(old, 1)))
+    config.max_epoch = epochs - 1
+    return config
+
+
+def barrier_first(dist_info: Dist, fn: Callable):
+    """Run `fn` on rank 0 first (downloads-free caches: generation, teacher features), then on
+    the others, which then find the cache ready."""
+    if not dist_info.active:
+        return fn()
+    import torch.distributed as dist
+
+    if dist_info.main:
+        result = fn()
+        dist.barrier()
+    else:
+        dist.barrier()
+        result = fn()
+    return result
+
+
+def build_model_from_config(model_cfg: Config, opts: RunOptions) -> torch.nn.Module:
+    from recon_fast.model import build_model
+
+    overrides = {}
+    if opts.attention_backend:
+        overrides["attention_backend"] = opts.attention_backend
+    try:
+        return build_model(model_cfg.to_dict() if isinstance(model_cfg, Config) else dict(model_cfg),
+                           **overrides)
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"invalid model section: {err}") from err
+
+
+class Trainer:
+    """Holds the run state; `fit` runs the epochs and calls `step(batch)` for each batch."""
+
+    def __init__(self, config: Config, opts: RunOptions, *, task: str):
+        self.config, self.opts, self.task = config, opts, task
+        self.device = resolve_device(opts.device)
+        self.dist = setup_distributed(self.device)
+        seed_everything(opts.seed + self.dist.rank)
+        ops.set_checks(opts.validate_data)
+        self.logger = Logger(opts.out_dir, self.dist, tensorboard=opts.tensorboard,
+                             progress=opts.progress)
+        self.amp = opts.amp
+        self.scaler = grad_scaler(opts.amp, self.device)
+        self.start_epoch, self.start_batch, self.global_step = 0, 0, 0
+        self.best: Optional[float] = None
+        self.last_metric: Optional[float] = None
+        self.loss_history: list[torch.Tensor] = []
+        self._accumulated = 0
+
+    # -------------------------------------------------------------------------------- setup
+
+    def per_rank_batch(self, total: int) -> int:
+        total = int(total)
+        if total % self.dist.world:
+            raise ConfigError(f"total_bs={total} is not divisible by the {self.dist.world} processes")
+        return total // self.dist.world
+
+    def setup(self, model: torch.nn.Module, *, finetune: bool) -> None:
+        """Optimizer, schedule, resume or initial weights, then compile/DDP wrapping."""
+        self.raw_model = model
+        self.optimizer = build_optimizer(model, self.config, finetune=finetune,
+                                         fused=True if self.device.type == "cuda" else None)
+        self.schedule = build_schedule(self.optimizer, self.config)
+        last = os.path.join(self.opts.out_dir, LAST)
+        rng_state = None
+        if self.opts.resume and os.path.isfile(last):
+            rng_state = self._resume(last)
+        elif self.opts.resume:
+            self.logger.info(f"--resume: no {last} yet, starting a new run")
+        elif self.opts.init_ckpt:
+            from recon_fast.model import load_official_checkpoint
+
+            report = load_official_checkpoint(self.opts.init_ckpt, model)
+            self.logger.info(f"initial weights from {self.opts.init_ckpt}: {report}")
+        wrapped = model
+        if self.dist.active:
+            # cls_token/cls_pos get no gradient in pretraining (nothing reads the cls output),
+            # as in the official run, which also needs find_unused_parameters.
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                wrapped, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        if self.opts.compile:
+            wrapped = torch.compile(wrapped)
+        self.model = wrapped
+        self._resume_rng = rng_state
+
+    def _resume(self, path: str) -> dict:
+        ckpt = load_checkpoint_file(path, map_location=self.device)
+        missing = [k for k in ("base_model", "optimizer", "next_epoch", "rng") if k not in ckpt]
+        if missing:
+            raise ValueError(f"{path} cannot be resumed: it lacks {missing} (not a recon_fast run "
+                             "checkpoint; use --init-ckpt to start from its weights instead)")
+        try:
+            self.raw_model.load_state_dict(ckpt["base_model"], strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{path} does not fit this model/config: {err}") from err
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.start_epoch, self.start_batch = int(ckpt["next_epoch"]), int(ckpt["next_batch"])
+        self.global_step = int(ckpt.get("global_step", 0))
+        self.best = ckpt.get("best_metrics", {}).get("acc")
+        self.logger.info(f"resuming {path}: epoch {self.start_epoch}, batch {self.start_batch}, "
+                         f"step {self.global_step}")
+        return ckpt["rng"]
+
+    # -------------------------------------------------------------------------------- steps
+
+    def autocast(self):
+        return autocast_context(self.amp, self.device)
+
+    def forward_model(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backward, and every `step_per_update` calls: clip, optimizer step, zero grads."""
+        scaled = self.scaler.scale(loss) if self.scaler is not None else loss
+        scaled.backward()
+        self._accumulated += 1
+        if self._accumulated < int(self.config.get("step_per_update", 1)):
+            return
+        self._accumulated = 0
+        clip = self.config.get("grad_norm_clip")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), float(clip), norm_type=2)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # -------------------------------------------------------------------------------- loop
+
+    def fit(self, loader, sampler, step: Callable[[dict], dict],
+            evaluate: Optional[Callable[[int], Optional[float]]] = None,
+            stop_after_steps: Optional[int] = None) -> dict:
+        opts, log = self.opts, self.logger
+        # The training RNG stream starts here, independent of what set-up drew (model init,
+        # cache computation that may or may not run): a fresh run reseeds, a resumed run restores.
+        if self._resume_rng is not None:
+            restore_rng(self._resume_rng)
+        else:
+            seed_everything(opts.seed * 7919 + self.dist.rank + 1)
+        batch_size = loader.batch_sampler.batch_size
+        max_epoch = int(self.config.max_epoch)
+        finished = self.start_epoch > max_epoch
+        for epoch in range(self.start_epoch, max_epoch + 1):
+            self.schedule.apply(self.optimizer, epoch)
+            first = self.start_batch if epoch == self.start_epoch else 0
+            sampler.set_epoch(epoch, start=first * batch_size)
+            self.model.train()
+            meter = Meter()
+            bar = log.bar(first + len(loader), f"{self.task} epoch {epoch}/{max_epoch}", first)
+            for index, batch in enumerate(loader, start=first):
+                values = step(batch)
+                self.global_step += 1
+                meter.add(values, batch_size)
+                if opts.record_losses:
+                    self.loss_history.append(values["loss"].detach().float().cpu())
+                bar.update()
+                if self.global_step % max(opts.log_every, 1) == 0:
+                    self._log_progress(meter, bar, epoch)
+                if stop_after_steps is not None and self.global_step >= stop_after_steps:
+                    bar.close()
+                    return self._summary(epoch, interrupted=True)
+                if opts.checkpoint_every and self.global_step % opts.checkpoint_every == 0:
+                    self.save(epoch, index + 1)
+                if opts.max_steps is not None and self.global_step >= opts.max_steps:
+                    bar.close()
+                    self.save(epoch, index + 1)
+                    log.info(f"stopping after max_steps={opts.max_steps}")
+                    return self._summary(epoch, interrupted=False)
+            bar.close()
+            self._log_progress(meter, None, epoch, end_of_epoch=True)
+            metric = evaluate(epoch) if evaluate is not None else None
+            self.last_metric = metric
+            improved = metric is not None and (self.best is None or metric > self.best)
+            if improved:
+                self.best = metric
+            self.save(epoch + 1, 0, completed_epoch=epoch)
+            if improved and self.dist.main:
+                self.save(epoch + 1, 0, completed_epoch=epoch, name=BEST)
+            finished = epoch == max_epoch
+        return self._summary(max_epoch, interrupted=not finished)
+
+    def _log_progress(self, meter: Meter, bar, epoch: int, end_of_epoch: bool = False) -> None:
+        values, rate = meter.read(self.dist)
+        if not values:
+            return
+        lr = self.optimizer.param_groups[-1]["lr"]
+        text = " ".join(f"{k} {v:.4f}" for k, v in values.items())
+        if bar is not None:
+            bar.set_postfix_str(f"{text} | {rate:.0f} samples/s")
+        prefix = f"[{self.task}] epoch {epoch} " + ("done" if end_of_epoch else f"step {self.global_step}")
+        self.logger.info(f"{prefix}: {text} | lr {lr:.3g} | {rate:.1f} samples/s")
+        self.logger.scalars({f"train/{k}": v for k, v in values.items()} |
+                            {"train/lr": lr, "train/samples_per_s": rate}, self.global_step)
+
+    # -------------------------------------------------------------------------------- checkpoints
+
+    def save(self, next_epoch: int, next_batch: int, *, completed_epoch: Optional[int] = None,
+             name: str = LAST) -> None:
+        """Official layout ({'base_model', 'optimizer', 'epoch', 'metrics', 'best_metrics'}) plus
+        what an exact resume needs: position in the data order, step, RNG states, config."""
+        if not self.dist.main:
+            return
+        state = {
+            "base_model": unwrap(self.raw_model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": completed_epoch if completed_epoch is not None else next_epoch - 1,
+            "metrics": {"acc": self.last_metric} if self.last_metric is not None else {},
+            "best_metrics": {"acc": self.best} if self.best is not None else {},
+            "next_epoch": next_epoch,
+            "next_batch": next_batch,
+            "global_step": self.global_step,
+            "rng": capture_rng(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "config": self.config.to_dict(),
+            "task": self.task,
+        }
+        save_atomic(state, os.path.join(self.opts.out_dir, name))
+
+    def _summary(self, epoch: int, *, interrupted: bool) -> dict:
+        summary = {"epoch": epoch, "global_step": self.global_step, "best": self.best,
+                   "last_metric": self.last_metric, "interrupted": interrupted,
+                   "out_dir": self.opts.out_dir}
+        if self.opts.record_losses:
+            summary["losses"] = [float(x) for x in self.loss_history]
+        return summary
+
+    def close(self) -> None:
+        self.logger.close()

@@ -1,0 +1,290 @@
+"""What every training loop shares: run options, devices and DDP, mixed precision, deterministic
+and resumable data order, logging (tqdm, TensorBoard) and run checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import random
+import time
+from contextlib import nullcontext
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+log = logging.getLogger("recon_fast")
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """Runtime options of a training/evaluation run (the command line's flags)."""
+
+    out_dir: str = "runs/recon"
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    amp: str = "auto"  # bf16 autocast on CUDA, off on the CPU
+    compile: bool = False  # torch.compile the model
+    attention_backend: Optional[str] = None  # overrides the model config ("auto", "triton", ...)
+    workers: int = 4
+    seed: int = 0
+    resume: bool = False  # continue from <out_dir>/ckpt-last.pth
+    init_ckpt: Optional[str] = None  # start from these weights (pretrained checkpoint)
+    epochs: Optional[int] = None  # overrides max_epoch
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke runs)
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: epoch ends)
+    log_every: int = 20
+    data_root: str = "."  # prefix of the relative dataset paths in official configs
+    cache_dir: Optional[str] = None  # embedded set + teacher features (default RECON_FAST_CACHE)
+    teacher_weights: Optional[str] = None  # CLIP weights file, "random", or None (local cache)
+    image_teacher_weights: Optional[str] = None  # timm ViT teacher weights (default: as above)
+    image_teacher: str = "cache"  # "cache" (centre-view features), "online" (official), "off"
+    progress: bool = True
+    tensorboard: bool = True
+    validate_data: bool = False  # keep the ops' NaN/range checks on inside the step (host syncs)
+    record_losses: bool = False  # keep every step's loss (tests of exact resume)
+
+
+# ----------------------------------------------------------------------------- devices and DDP
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(device: torch.device) -> Dist:
+    """Join the process group that torchrun describes (WORLD_SIZE/RANK/LOCAL_RANK); a plain
+    `python` run is a group of one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was requested but CUDA is not available")
+        if device.index is None and "LOCAL_RANK" in os.environ:
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return device
+
+
+def autocast_context(amp: str, device: torch.device):
+    """bf16 (or fp16) autocast for the forward pass; fp32 when off."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    if amp == "off":
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(amp: str, device: torch.device) -> Optional[torch.amp.GradScaler]:
+    """fp16 needs loss scaling; bf16 and fp32 do not."""
+    if amp == "fp16":
+        return torch.amp.GradScaler(device.type)
+    return None
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP and torch.compile wrappers (whose state_dict keys we save)."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+# ----------------------------------------------------------------- deterministic, resumable data
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class SeededItems(Dataset):
+    """Seeds every RNG from (seed, epoch, index) before loading an item, so each item's random
+    choices (point subset, image augmentation, prompt) do not depend on which worker loads it or
+    on where a resumed run restarts. Keys are (index, epoch) pairs from :class:`EpochSampler`."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, epoch = key
+        seed = item_seed(self.seed, epoch, index)
+        # fork_rng + saved states: in the main process (workers=0) the training RNG must not move.
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+class EpochSampler(Sampler):
+    """Yields (index, epoch): a permutation drawn from (seed, epoch), this rank's shard of it
+    (padded like DistributedSampler so every rank gets the same count), from item `start` on."""
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
+        self.size, self.shuffle, self.seed, self.rank, self.world = size, shuffle, seed, rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def _shard(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        per_rank = -(-self.size // self.world) if self.size else 0
+        order += order[: per_rank * self.world - len(order)]
+        return order[self.rank::self.world]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self._shard()[self.start:]:
+            yield index, self.epoch
+
+    def __len__(self) -> int:
+        return max(0, len(self._shard()) - self.start)
+
+
+def _seed_worker(worker_id: int) -> None:
+    np.random.seed(torch.initial_seed() % 2**32)
+    random.seed(torch.initial_seed() % 2**32)
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, workers: int,
+                dist_info: Dist) -> tuple[DataLoader, EpochSampler]:
+    """A loader over (index, epoch) keys: shuffled, last partial batch dropped, only for train."""
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty: check the dataset paths and split lists")
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=dist_info.rank,
+                           world=dist_info.world)
+    batches = BatchSampler(sampler, batch_size, drop_last=train)
+    loader = DataLoader(SeededItems(dataset, seed), batch_sampler=batches, num_workers=workers,
+                        pin_memory=torch.cuda.is_available(), worker_init_fn=_seed_worker,
+                        persistent_workers=False,
+                        generator=torch.Generator().manual_seed(seed))
+    return loader, sampler
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------ logging
+
+
+class Logger:
+    """One-line logs on the main rank, a progress bar and TensorBoard scalars."""
+
+    def __init__(self, out_dir: str, dist_info: Dist, *, tensorboard: bool, progress: bool):
+        self.main = dist_info.main
+        self.progress = progress and self.main
+        self.writer = None
+        if self.main:
+            os.makedirs(out_dir, exist_ok=True)
+            handler = logging.FileHandler(os.path.join(out_dir, "log.txt"))
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            log.addHandler(handler)
+            self._handler = handler
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"))
+                except ImportError:
+                    self.info("tensorboard is not installed: no TensorBoard scalars")
+
+    def info(self, message: str) -> None:
+        if self.main:
+            log.info(message)
+            print(message, flush=True)
+
+    def scalars(self, values: dict, step: int) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    def bar(self, total: int, desc: str, initial: int = 0):
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, disable=not self.progress,
+                    dynamic_ncols=True, leave=False)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.main:
+            log.removeHandler(self._handler)
+            self._handler.close()
+
+
+class Meter:
+    """Sums losses on the device; reading them (one host sync) happens only at log time."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.samples = 0
+        self.started = time.perf_counter()
+
+    def add(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
+        for name, value in values.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += 1
+        self.samples += batch_size
+
+    def read(self, dist_info: Dist) -> tuple[dict[str, float], float]:
+        """Mean of each value (averaged over ranks) and samples/s since the last read."""
+        names = sorted(self.sums)
+        if not names:
+            return {}, 0.0
+        stacked = torch.stack([self.sums[n] for n in names]) / max(self.count, 1)
+        if dist_info.active:
+            dist.all_reduce(stacked)
+            stacked /= dist_info.world
+        values = dict(zip(names, stacked.tolist()))
+        rate = self.samples * dist_info.world / max(time.perf_counter() - self.started, 1e-9)
+        self.sums, self.count, self.samples, self.started = {}, 0, 0, time.perf_counter()
+        return values, rate
