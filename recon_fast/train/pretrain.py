@@ -79,7 +79,7 @@ def validate_svm(config: Config, opts: RunOptions, trainer: Trainer, epoch: int)
         return None
     last = epoch == config.max_epoch
     every = int(config.get("run", {}).get("val_freq", 1))
-    if not last and epoch % every:
+    if not last and (epoch + 1) % every:
         return None
     from recon_fast.eval.svm import svm_accuracy_of_pretrained
 
