@@ -203,9 +203,13 @@ class CLIPTextTeacher(_FrozenTeacher):
         tokens = prompts if isinstance(prompts, torch.Tensor) else self.tokenize(list(prompts))
         device = self.token_embedding.weight.device
         tokens = tokens.to(device)
+        # The mask is causal, so nothing after the longest prompt's end token can reach any end
+        # token: trimming the padding gives the same features for a fraction of the work.
+        length = int(tokens.argmax(dim=-1).max()) + 1 if tokens.numel() else tokens.shape[1]
+        tokens = tokens[:, :length]
         with self._autocast(device):
-            x = self.token_embedding(tokens) + self.positional_embedding   # (B, L, W)
-            x = self.transformer(x, attn_mask=self.attn_mask)
+            x = self.token_embedding(tokens) + self.positional_embedding[:length]  # (B, L, W)
+            x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
             x = self.ln_final(x)
             # The end token has the largest id, so argmax finds it (as in CLIP).
             eot = x[torch.arange(x.shape[0], device=device), tokens.argmax(dim=-1)]  # (B, W)
