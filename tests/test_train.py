@@ -150,7 +150,8 @@ def test_epoch_sampler_shards_and_restarts_deterministically():
 def test_epochs_override_scales_the_schedule():
     from recon_fast.train.loop import apply_epoch_override
 
-    config = apply_epoch_override(load_config("embedded"), 8)
+    config = apply_epoch_override(load_config("embedded", ["scheduler.kwargs.epochs=4",
+                                                       "scheduler.kwargs.initial_epochs=1"]), 8)
     assert config.max_epoch == 7 and config.scheduler.kwargs.epochs == 8
     assert config.scheduler.kwargs.initial_epochs == 2
     with pytest.raises(ConfigError, match="epochs must be >= 1"):
