@@ -73,6 +73,21 @@ def test_fps_one_huge_cloud_spreads_over_blocks():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_fps_scratch_path_over_a_cooperative_grid_with_ragged_clouds(dtype):
+    # A few clouds too big for the blocks' registers (B * blocks needed > resident blocks on
+    # A100/H100-class GPUs): running minima in global scratch, each cloud spread over several
+    # blocks of one cooperative grid. The short and empty clouds finish first and their blocks
+    # keep taking part in every grid barrier.
+    xyz = torch.rand(4, 300_000, 3, dtype=torch.float64)
+    xyz[:, 1::7] *= 1e-2  # near the origin: never chosen with the pointnet2 threshold
+    xyz = xyz.to(dtype)
+    lengths = torch.tensor([300_000, 100_001, 1, 0])
+    got = ops.fps(xyz.cuda(), 8, lengths.cuda(), min_norm_sq=ops.POINTNET2_MIN_NORM_SQ).cpu()
+    assert torch.equal(got, fps_reference(xyz, 8, lengths, min_norm_sq=1e-3))
+
+
+@pytest.mark.cuda
 def test_fps_no_eligible_point_gives_index_zero_on_gpu():
     xyz = torch.rand(2, 9000, 3) * 1e-3  # every |p|^2 <= 1e-3
     xyz[1, :100] = 0.0
