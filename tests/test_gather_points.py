@@ -64,3 +64,9 @@ def test_gather_points_opcheck(device):
     points = torch.rand(2, 9, 5, device=device, requires_grad=True)
     idx = torch.randint(-1, 9, (2, 6), device=device)
     torch.library.opcheck(torch.ops.recon_fast.gather_points.default, (points, idx))
+
+
+def test_gather_points_empty_batch(device):
+    out = ops.gather_points(torch.rand(0, 5, 3, device=device), torch.zeros(0, 4, 2, dtype=torch.long,
+                                                                        device=device))
+    assert out.shape == (0, 4, 2, 3)

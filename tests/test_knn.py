@@ -123,3 +123,8 @@ def test_knn_under_torch_compile(device):
     (want,) = torch.autograd.grad(loss(q, p), q)
     assert_close(out.detach(), loss(q, p).detach())
     assert_close(grad, want)
+
+
+def test_knn_rejects_coordinates_whose_squares_overflow():
+    with pytest.raises(ValueError, match="points has coordinates above 1e\\+18"):
+        ops.knn(torch.rand(1, 2, 3), torch.full((1, 4, 3), 3e19), 1)

@@ -42,6 +42,13 @@ def check_points(t, name: str, channels: int | None = 3) -> None:
     if data_checks_enabled() and t.numel() > 0:
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} contains NaN or infinite values ({describe(t)})")
+        if channels == 3:
+            # Squared distances of larger coordinates overflow the accumulation type.
+            limit = 1e150 if t.dtype == torch.float64 else 1e18
+            if float(t.abs().max()) > limit:
+                raise ValueError(f"{name} has coordinates above {limit:g} in magnitude, whose "
+                                 f"squared distances overflow {'float64' if limit > 1e18 else 'float32'}"
+                                 f" ({describe(t)}); rescale the clouds")
 
 
 def check_pair(a, a_name: str, b, b_name: str) -> None:

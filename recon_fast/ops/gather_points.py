@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from recon_fast.ops._validation import check_points, data_checks_enabled, describe
@@ -57,6 +59,7 @@ def gather_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if low < -1 or high >= N:
             raise ValueError(f"idx values must lie in [-1, {N - 1}] for points with N = {N}, "
                              f"got values in [{low}, {high}]")
-    flat = idx.reshape(idx.shape[0], -1).to(torch.int64)
+    # Explicit sizes: reshape(B, -1) cannot infer -1 when B == 0.
+    flat = idx.reshape(idx.shape[0], math.prod(idx.shape[1:])).to(torch.int64)
     out = torch.ops.recon_fast.gather_points(points, flat)
     return out.reshape(*idx.shape, points.shape[2])
