@@ -50,6 +50,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _data_checks_on():
+    """Every test starts with the ops' data checks on, whatever an earlier test did."""
+    from recon_fast import ops
+
+    with ops.checks(data=True):
+        yield
+
+
+@pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)
     np.random.seed(0)

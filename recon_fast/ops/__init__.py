@@ -4,7 +4,7 @@ Every function accepts float16/bfloat16/float32/float64 (halves accumulate in fl
 non-contiguous inputs and ragged batches (lengths), works under ``torch.compile`` and autograd.
 """
 
-from recon_fast.ops._validation import set_checks
+from recon_fast.ops._validation import checks, set_checks
 from recon_fast.ops.chamfer import Chamfer, chamfer, chamfer_distance
 from recon_fast.ops.fps import POINTNET2_MIN_NORM_SQ, fps
 from recon_fast.ops.gather_points import gather_points
@@ -13,5 +13,5 @@ from recon_fast.ops.knn import KNN, knn
 
 __all__ = [
     "fps", "knn", "KNN", "gather_points", "group", "Group", "chamfer", "Chamfer",
-    "chamfer_distance", "set_checks", "POINTNET2_MIN_NORM_SQ",
+    "chamfer_distance", "set_checks", "checks", "POINTNET2_MIN_NORM_SQ",
 ]

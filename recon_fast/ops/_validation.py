@@ -20,6 +20,25 @@ def set_checks(data: bool) -> None:
     _checks["data"] = bool(data)
 
 
+class checks:
+    """Context manager: data-dependent checks on or off inside a block, restored afterwards.
+
+        with ops.checks(data=False):
+            train()
+    """
+
+    def __init__(self, data: bool):
+        self.data = bool(data)
+
+    def __enter__(self) -> "checks":
+        self.previous = _checks["data"]
+        _checks["data"] = self.data
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _checks["data"] = self.previous
+
+
 def data_checks_enabled() -> bool:
     return _checks["data"] and not torch.compiler.is_compiling()
 

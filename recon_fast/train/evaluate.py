@@ -39,7 +39,6 @@ def run_evaluation(protocol: str, config: Config, opts: RunOptions, *, ckpt: str
         raise ConfigError(f"eval {protocol} needs a config whose model.NAME is {want!r} (as the "
                           f"official cfgs/{protocol if protocol != 'vote' else 'full'}/ files), got "
                           f"{config.model.get('NAME')!r}")
-    ops.set_checks(True)
     device = resolve_device(opts.device)
     logger = Logger(opts.out_dir, Dist(), tensorboard=False, progress=opts.progress)
     model = build_model_from_config(config.model, opts).to(device)
@@ -48,30 +47,37 @@ def run_evaluation(protocol: str, config: Config, opts: RunOptions, *, ckpt: str
     npoints = int(config.get("npoints", 1024))
     batch_size = int(config.get("total_bs", 32))
     try:
-        if protocol == "svm":
-            return {"svm_accuracy": _svm(config, opts, model, npoints, batch_size, device, logger)}
-        if protocol == "zeroshot":
-            return {"zero_shot_accuracy": _zeroshot(config, opts, model, npoints, batch_size,
-                                                    device, logger)}
-        test = split_dataset(config, "test" if "test" in config.dataset else "val", opts)
-        autocast = lambda: autocast_context(opts.amp, device)  # noqa: E731
-        if protocol == "accuracy":
-            from recon_fast.eval.classification import accuracy
-
-            acc = accuracy(model, plain_batches(test, batch_size, opts.workers), npoints, device,
-                           autocast)
-            logger.info(f"[eval] accuracy (plain FPS): {acc * 100:.2f}%")
-            return {"accuracy": acc}
-        from recon_fast.data import vote_augmentation
-        from recon_fast.eval.classification import vote_accuracy
-
-        best, rounds = vote_accuracy(model, lambda: plain_batches(test, batch_size, opts.workers),
-                                     npoints, device, vote_augmentation(dataset_name(test)),
-                                     votes=votes, rounds=vote_rounds, autocast=autocast)
-        logger.info(f"[eval] voting accuracy: {best * 100:.2f}% (best of {vote_rounds} rounds)")
-        return {"vote_accuracy": best, "rounds": rounds}
+        with ops.checks(data=True):  # evaluation reads new data: validate it
+            return _evaluate(protocol, config, opts, model, npoints, batch_size, device, logger,
+                             votes, vote_rounds)
     finally:
         logger.close()
+
+
+def _evaluate(protocol, config, opts, model, npoints, batch_size, device, logger, votes,
+              vote_rounds) -> dict:
+    if protocol == "svm":
+        return {"svm_accuracy": _svm(config, opts, model, npoints, batch_size, device, logger)}
+    if protocol == "zeroshot":
+        return {"zero_shot_accuracy": _zeroshot(config, opts, model, npoints, batch_size,
+                                                device, logger)}
+    test = split_dataset(config, "test" if "test" in config.dataset else "val", opts)
+    autocast = lambda: autocast_context(opts.amp, device)  # noqa: E731
+    if protocol == "accuracy":
+        from recon_fast.eval.classification import accuracy
+
+        acc = accuracy(model, plain_batches(test, batch_size, opts.workers), npoints, device,
+                       autocast)
+        logger.info(f"[eval] accuracy (plain FPS): {acc * 100:.2f}%")
+        return {"accuracy": acc}
+    from recon_fast.data import vote_augmentation
+    from recon_fast.eval.classification import vote_accuracy
+
+    best, rounds = vote_accuracy(model, lambda: plain_batches(test, batch_size, opts.workers),
+                                 npoints, device, vote_augmentation(dataset_name(test)),
+                                 votes=votes, rounds=vote_rounds, autocast=autocast)
+    logger.info(f"[eval] voting accuracy: {best * 100:.2f}% (best of {vote_rounds} rounds)")
+    return {"vote_accuracy": best, "rounds": rounds}
 
 
 def _svm(config, opts, model, npoints, batch_size, device, logger) -> float:

@@ -42,44 +42,44 @@ def run_finetune(config: Config, opts: RunOptions, *, vote_rounds: int = 1, vote
     'vote' (test-time voting accuracy of the best checkpoint, when vote_rounds > 0)."""
     config = apply_epoch_override(config, opts.epochs)
     trainer = Trainer(config, opts, task="finetune")
-    log = trainer.logger
-    train_set = barrier_first(trainer.dist, lambda: split_dataset(config, "train", opts, log.progress))
-    val_set = split_dataset(config, "val", opts)
-    name = dataset_name(train_set)
-    batch_size = trainer.per_rank_batch(config.total_bs)
-    loader, sampler = make_loader(train_set, batch_size, train=True, seed=opts.seed,
-                                  workers=opts.workers, dist_info=trainer.dist)
-    model = build_model_from_config(config.model, opts).to(trainer.device)
-    trainer.setup(model, finetune=True)
-    if trainer.dist.main:
-        save_config(config, os.path.join(opts.out_dir, "config.yaml"))
-    npoints = int(config.npoints)
-    augment = train_augmentation(name)
-    log.info(f"finetuning on {name}: {len(train_set)} train / {len(val_set)} val clouds, "
-             f"{npoints} points, batch {batch_size} x {trainer.dist.world}, "
-             f"epochs {trainer.start_epoch}..{config.max_epoch}")
-
-    def step(batch: dict) -> dict[str, torch.Tensor]:
-        batch = to_device(batch, trainer.device)
-        points = augment(fps_then_random(batch["points"], npoints))
-        with trainer.autocast():
-            logits = trainer.forward_model(points)
-        loss = F.cross_entropy(logits.float(), batch["label"].long())
-        trainer.backward_and_step(loss)
-        acc = (logits.argmax(-1) == batch["label"]).float().mean() * 100
-        return {"loss": loss, "acc": acc}
-
-    def evaluate(epoch: int) -> Optional[float]:
-        if not trainer.dist.main:
-            return None
-        acc = accuracy(trainer.raw_model, plain_batches(val_set, batch_size, opts.workers),
-                       npoints, trainer.device, trainer.autocast)
-        log.info(f"[validation] epoch {epoch}: accuracy {acc * 100:.2f}% "
-                 f"(best {max(acc, trainer.best or 0) * 100:.2f}%)")
-        log.scalars({"val/acc": acc}, epoch)
-        return acc
-
     try:
+        log = trainer.logger
+        train_set = barrier_first(trainer.dist, lambda: split_dataset(config, "train", opts, log.progress))
+        val_set = split_dataset(config, "val", opts)
+        name = dataset_name(train_set)
+        batch_size = trainer.per_rank_batch(config.total_bs)
+        loader, sampler = make_loader(train_set, batch_size, train=True, seed=opts.seed,
+                                      workers=opts.workers, dist_info=trainer.dist)
+        model = build_model_from_config(config.model, opts).to(trainer.device)
+        trainer.setup(model, finetune=True)
+        if trainer.dist.main:
+            save_config(config, os.path.join(opts.out_dir, "config.yaml"))
+        npoints = int(config.npoints)
+        augment = train_augmentation(name)
+        log.info(f"finetuning on {name}: {len(train_set)} train / {len(val_set)} val clouds, "
+                 f"{npoints} points, batch {batch_size} x {trainer.dist.world}, "
+                 f"epochs {trainer.start_epoch}..{config.max_epoch}")
+
+        def step(batch: dict) -> dict[str, torch.Tensor]:
+            batch = to_device(batch, trainer.device)
+            points = augment(fps_then_random(batch["points"], npoints))
+            with trainer.autocast():
+                logits = trainer.forward_model(points)
+            loss = F.cross_entropy(logits.float(), batch["label"].long())
+            trainer.backward_and_step(loss)
+            acc = (logits.argmax(-1) == batch["label"]).float().mean() * 100
+            return {"loss": loss, "acc": acc}
+
+        def evaluate(epoch: int) -> Optional[float]:
+            if not trainer.dist.main:
+                return None
+            acc = accuracy(trainer.raw_model, plain_batches(val_set, batch_size, opts.workers),
+                           npoints, trainer.device, trainer.autocast)
+            log.info(f"[validation] epoch {epoch}: accuracy {acc * 100:.2f}% "
+                     f"(best {max(acc, trainer.best or 0) * 100:.2f}%)")
+            log.scalars({"val/acc": acc}, epoch)
+            return acc
+
         summary = trainer.fit(loader, sampler, step, evaluate=evaluate,
                               stop_after_steps=stop_after_steps)
         if vote_rounds > 0 and trainer.dist.main and not summary["interrupted"]:

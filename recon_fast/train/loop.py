@@ -73,7 +73,9 @@ class Trainer:
         self.device = resolve_device(opts.device)
         self.dist = setup_distributed(self.device)
         seed_everything(opts.seed + self.dist.rank)
-        ops.set_checks(opts.validate_data)
+        # Data checks cost a host sync per op call on CUDA: off inside training steps unless
+        # asked for (the loaders validate what they read); restored by close().
+        self._data_checks = ops.checks(opts.validate_data).__enter__()
         self.logger = Logger(opts.out_dir, self.dist, tensorboard=opts.tensorboard,
                              progress=opts.progress)
         self.amp = opts.amp
@@ -269,4 +271,5 @@ class Trainer:
         return summary
 
     def close(self) -> None:
+        self._data_checks.__exit__(None, None, None)
         self.logger.close()

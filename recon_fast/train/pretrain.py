@@ -38,34 +38,35 @@ def run_pretrain(config: Config, opts: RunOptions, *, stop_after_steps: Optional
     """
     config = apply_epoch_override(config, opts.epochs)
     trainer = Trainer(config, opts, task="pretrain")
-    log = trainer.logger
-    dataset = barrier_first(trainer.dist, lambda: pretrain_dataset(config, opts, log.progress))
-    batch_size = trainer.per_rank_batch(config.total_bs)
-    loader, sampler = make_loader(dataset, batch_size, train=True, seed=opts.seed,
-                                  workers=opts.workers, dist_info=trainer.dist)
-    model = build_model_from_config(config.model, opts).to(trainer.device)
-    targets = barrier_first(trainer.dist, lambda: build_teacher_targets(
-        config.model, opts, dataset, trainer.device, log))
-    trainer.setup(model, finetune=False)
-    if trainer.dist.main:
-        save_config(config, os.path.join(opts.out_dir, "config.yaml"))
-    log.info(f"pretraining {type(model).__name__} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
-             f"parameters) on {len(dataset)} shapes, batch {batch_size} x {trainer.dist.world}, "
-             f"epochs {trainer.start_epoch}..{config.max_epoch}, device {trainer.device}")
-
-    def step(batch: dict) -> dict[str, torch.Tensor]:
-        batch = to_device(batch, trainer.device)
-        points = rotate_y(batch["points"])  # official PointcloudRotate on the batch
-        img_feature, text_feature = targets(batch)
-        with trainer.autocast():
-            loss, losses = trainer.forward_model(points, img_feature, text_feature)
-        trainer.backward_and_step(loss)
-        return {"loss": loss, **losses}
-
-    def evaluate(epoch: int) -> Optional[float]:
-        return validate_svm(config, opts, trainer, epoch)
-
     try:
+        log = trainer.logger
+        dataset = barrier_first(trainer.dist, lambda: pretrain_dataset(config, opts, log.progress))
+        batch_size = trainer.per_rank_batch(config.total_bs)
+        loader, sampler = make_loader(dataset, batch_size, train=True, seed=opts.seed,
+                                      workers=opts.workers, dist_info=trainer.dist)
+        model = build_model_from_config(config.model, opts).to(trainer.device)
+        targets = barrier_first(trainer.dist, lambda: build_teacher_targets(
+            config.model, opts, dataset, trainer.device, log))
+        trainer.setup(model, finetune=False)
+        if trainer.dist.main:
+            save_config(config, os.path.join(opts.out_dir, "config.yaml"))
+        millions = sum(p.numel() for p in model.parameters()) / 1e6
+        log.info(f"pretraining {type(model).__name__} ({millions:.1f} M parameters) on "
+                 f"{len(dataset)} shapes, batch {batch_size} x {trainer.dist.world}, "
+                 f"epochs {trainer.start_epoch}..{config.max_epoch}, device {trainer.device}")
+
+        def step(batch: dict) -> dict[str, torch.Tensor]:
+            batch = to_device(batch, trainer.device)
+            points = rotate_y(batch["points"])  # official PointcloudRotate on the batch
+            img_feature, text_feature = targets(batch)
+            with trainer.autocast():
+                loss, losses = trainer.forward_model(points, img_feature, text_feature)
+            trainer.backward_and_step(loss)
+            return {"loss": loss, **losses}
+
+        def evaluate(epoch: int) -> Optional[float]:
+            return validate_svm(config, opts, trainer, epoch)
+
         return trainer.fit(loader, sampler, step, evaluate=evaluate,
                            stop_after_steps=stop_after_steps)
     finally:
@@ -83,23 +84,10 @@ def validate_svm(config: Config, opts: RunOptions, trainer: Trainer, epoch: int)
         return None
     from recon_fast.eval.svm import svm_accuracy_of_pretrained
 
-    with ops_checks_on():
+    with ops.checks(data=True):  # evaluation reads new data: validate it
         acc = svm_accuracy_of_pretrained(trainer.raw_model, config, opts, trainer.device)
     note = " (BatchNorm statistics recomputed on the SVM's training clouds)" \
         if config.get("run", {}).get("precise_bn", False) else ""
     trainer.logger.info(f"[validation] epoch {epoch}: linear SVM accuracy {acc * 100:.2f}%{note}")
     trainer.logger.scalars({"val/svm_acc": acc}, epoch)
     return acc
-
-
-class ops_checks_on:
-    """Evaluation reads new data: keep the ops' input checks on while it runs."""
-
-    def __enter__(self):
-        from recon_fast.ops._validation import _checks
-
-        self.previous = _checks["data"]
-        ops.set_checks(True)
-
-    def __exit__(self, *exc):
-        ops.set_checks(self.previous)
