@@ -38,7 +38,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from recon_fast.ops._validation import FLOAT_DTYPES, data_checks_enabled, describe
+from recon_fast.ops._validation import FLOAT_DTYPES, describe, length_vector
 
 BACKENDS = ("auto", "triton", "sdpa", "eager")
 _TRITON_AUTO_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -184,19 +184,8 @@ def _check_key_lengths(key_lengths, B: int, T: int, like: torch.Tensor) -> Optio
     """None or an int64 (B,) tensor on `like`'s device with values in [1, T]."""
     if key_lengths is None:
         return None
-    if not isinstance(key_lengths, torch.Tensor):
-        key_lengths = torch.as_tensor(key_lengths)
-    if key_lengths.dim() != 1 or key_lengths.shape[0] != B:
-        raise ValueError(f"key_lengths must have shape (B,) = ({B},), got {describe(key_lengths)}")
-    if key_lengths.dtype.is_floating_point or key_lengths.dtype.is_complex or key_lengths.dtype == torch.bool:
-        raise ValueError(f"key_lengths must hold integers, got {describe(key_lengths)}")
-    key_lengths = key_lengths.to(device=like.device, dtype=torch.int64)
-    if data_checks_enabled() and B > 0:
-        low, high = int(key_lengths.min()), int(key_lengths.max())
-        if low < 1 or high > T:
-            raise ValueError(f"key_lengths must lie in [1, {T}] (every sample needs a key; T = {T}), "
-                             f"got values in [{low}, {high}]")
-    return key_lengths
+    return length_vector(key_lengths, "key_lengths", B, like.device, 1, T,
+                         f"every sample needs a key; T = {T}")
 
 
 # ---------------------------------------------------------------------------------------------

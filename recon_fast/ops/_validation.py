@@ -90,22 +90,29 @@ def check_count(value, name: str, low: int, high: int, what: str) -> int:
     return value
 
 
+def length_vector(lengths, name: str, batch: int, device: torch.device, low: int, high: int,
+                  why: str) -> torch.Tensor:
+    """`lengths` as an int64 (B,) tensor on `device`, its values (when data checks are on) in
+    [low, high]; `why` explains the bound in the error message."""
+    if not isinstance(lengths, torch.Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ValueError(f"{name} must have shape (B,) = ({batch},), got {describe(lengths)}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integers, got {describe(lengths)}")
+    lengths = lengths.to(device=device, dtype=torch.int64)
+    if data_checks_enabled() and batch > 0:
+        seen_low, seen_high = int(lengths.min()), int(lengths.max())
+        if seen_low < low or seen_high > high:
+            raise ValueError(f"{name} must lie in [{low}, {high}] ({why}), got values in "
+                             f"[{seen_low}, {seen_high}]")
+    return lengths
+
+
 def lengths_or_full(lengths, name: str, points: torch.Tensor, points_name: str) -> torch.Tensor:
     """An int64 (B,) lengths tensor on the points' device; all N when `lengths` is None."""
     B, N = points.shape[0], points.shape[1]
     if lengths is None:
         return torch.full((B,), N, dtype=torch.int64, device=points.device)
-    if not isinstance(lengths, torch.Tensor):
-        lengths = torch.as_tensor(lengths)
-    if lengths.dim() != 1 or lengths.shape[0] != B:
-        raise ValueError(f"{name} must have shape (B,) = ({B},) to match {points_name}, "
-                         f"got {describe(lengths)}")
-    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integers, got {describe(lengths)}")
-    lengths = lengths.to(device=points.device, dtype=torch.int64)
-    if data_checks_enabled() and B > 0:
-        low, high = int(lengths.min()), int(lengths.max())
-        if low < 0 or high > N:
-            raise ValueError(f"{name} must lie in [0, {N}] (the padded size of {points_name}), "
-                             f"got values in [{low}, {high}]")
-    return lengths
+    return length_vector(lengths, name, B, points.device, 0, N,
+                         f"the padded size of {points_name}")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 from recon_fast.train.config import Config, ConfigError
 from recon_fast.train.finetune import dataset_name, plain_batches, split_dataset
 from recon_fast.train.loop import build_model_from_config
-from recon_fast.train.runtime import Logger, RunOptions, autocast_context, resolve_device, Dist
+from recon_fast.train.runtime import Dist, Logger, RunOptions, autocast_context, resolve_device
 
 # The model NAME each protocol needs (the official cfgs/svm, cfgs/zeroshot, cfgs/full configs).
 PROTOCOL_MODELS = {"svm": "PointTransformerSVM", "zeroshot": "PointTransformerZeroShot",

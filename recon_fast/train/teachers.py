@@ -3,7 +3,7 @@ centre views, or the online teacher on augmented renders as the official code do
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
