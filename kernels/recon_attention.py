@@ -80,6 +80,16 @@ def _dot(a, b, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.cons
 
 
 @_jit
+def _key_length(KEY_LENGTHS, b, kv_len, HAS_LENGTHS: tl.constexpr):
+    """Sample b's number of keys, clamped to [0, kv_len] so that unchecked lengths can never read
+    outside the key tensors."""
+    key_len = kv_len
+    if HAS_LENGTHS:
+        key_len = tl.minimum(tl.maximum(tl.load(KEY_LENGTHS + b).to(tl.int32), 0), kv_len)
+    return key_len
+
+
+@_jit
 def _attention_fwd_tile(
     Q, K, V, O, LSE, b, h, block, num_heads, q_len, key_len,
     stride_qb, stride_qt, stride_qh, stride_qd,
@@ -149,10 +159,7 @@ def _attention_fwd_kernel(
     block = tl.program_id(1)
     b = bh // num_heads
     h = bh % num_heads
-    key_len = kv_len
-    if HAS_LENGTHS:
-        # Clamped so that unchecked lengths can never read outside the key tensors.
-        key_len = tl.minimum(tl.maximum(tl.load(KEY_LENGTHS + b).to(tl.int32), 0), kv_len)
+    key_len = _key_length(KEY_LENGTHS, b, kv_len, HAS_LENGTHS)
     in_role_b = False
     if HAS_B:  # compile-time: single-role launches carry no role-B code
         in_role_b = block >= blocks_a
@@ -253,9 +260,7 @@ def _attention_bwd_kernel(
     role = tl.program_id(1)
     b = bh // num_heads
     h = bh % num_heads
-    key_len = kv_len
-    if HAS_LENGTHS:
-        key_len = tl.minimum(tl.maximum(tl.load(KEY_LENGTHS + b).to(tl.int32), 0), kv_len)
+    key_len = _key_length(KEY_LENGTHS, b, kv_len, HAS_LENGTHS)
     in_role_b = False
     if HAS_B:
         in_role_b = role == 1
