@@ -64,24 +64,24 @@ def _drop_zero_points(xyz1: torch.Tensor, xyz2: torch.Tensor, ignore_zeros: bool
     return kept[0], kept[1]
 
 
-class ChamferDistanceL2(torch.nn.Module):
-    """mean(dist1) + mean(dist2) over all points of the batch (Point-MAE's ChamferDistanceL2)."""
+class _ChamferModule(torch.nn.Module):
+    """The modules' shared option: with ignore_zeros and a batch of one, drop all-zero-sum points."""
 
     def __init__(self, ignore_zeros: bool = False):
         super().__init__()
         self.ignore_zeros = ignore_zeros
+
+
+class ChamferDistanceL2(_ChamferModule):
+    """mean(dist1) + mean(dist2) over all points of the batch (Point-MAE's ChamferDistanceL2)."""
 
     def forward(self, xyz1: torch.Tensor, xyz2: torch.Tensor) -> torch.Tensor:
         xyz1, xyz2 = _drop_zero_points(xyz1, xyz2, self.ignore_zeros)
         return chamfer_distance(xyz1, xyz2, norm=2)
 
 
-class ChamferDistanceL2_split(torch.nn.Module):  # noqa: N801 (the original's name)
+class ChamferDistanceL2_split(_ChamferModule):  # noqa: N801 (the original's name)
     """(mean(dist1), mean(dist2)): the two directions of ChamferDistanceL2 separately."""
-
-    def __init__(self, ignore_zeros: bool = False):
-        super().__init__()
-        self.ignore_zeros = ignore_zeros
 
     def forward(self, xyz1: torch.Tensor, xyz2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xyz1, xyz2 = _drop_zero_points(xyz1, xyz2, self.ignore_zeros)
@@ -91,12 +91,8 @@ class ChamferDistanceL2_split(torch.nn.Module):  # noqa: N801 (the original's na
         return dist1.mean(), dist2.mean()
 
 
-class ChamferDistanceL1(torch.nn.Module):
+class ChamferDistanceL1(_ChamferModule):
     """(mean(sqrt(dist1)) + mean(sqrt(dist2))) / 2 (Point-MAE's ChamferDistanceL1)."""
-
-    def __init__(self, ignore_zeros: bool = False):
-        super().__init__()
-        self.ignore_zeros = ignore_zeros
 
     def forward(self, xyz1: torch.Tensor, xyz2: torch.Tensor) -> torch.Tensor:
         xyz1, xyz2 = _drop_zero_points(xyz1, xyz2, self.ignore_zeros)
