@@ -76,7 +76,7 @@ def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
     """
     check_points(xyz, "xyz")
     N = xyz.shape[1]
-    check_count(npoint, "npoint", 0, N, f"number of samples; xyz has N = {N} points")
+    npoint = check_count(npoint, "npoint", 0, N, f"number of samples; xyz has N = {N} points")
     idx = fps(xyz, npoint, min_norm_sq=POINTNET2_MIN_NORM_SQ)
     return idx.to(torch.int32)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -90,6 +91,7 @@ def knn_points(p1: torch.Tensor, p2: torch.Tensor, lengths1: Optional[torch.Tens
     check_pair(p1, "p1", p2, "p2")
     if norm not in (1, 2):
         raise ValueError(f"norm must be 1 (L1) or 2 (squared L2), got {norm!r}")
+    K = int(K) if isinstance(K, np.integer) else K
     if isinstance(K, bool) or not isinstance(K, int) or K < 1:
         raise ValueError(f"K must be an int >= 1, got {K!r}")
     if version not in (-1, 0, 1, 2, 3):
@@ -142,7 +144,8 @@ def knn_gather(x: torch.Tensor, idx: torch.Tensor,
 # --------------------------------------------------------------------------------------------
 
 def _per_cloud_counts(K, N: int, device: torch.device) -> Tuple[torch.Tensor, int]:
-    """K as an int, list or (N,) tensor -> ((N,) int64 counts, max count)."""
+    """K as an int (numpy integers too), list or (N,) tensor -> ((N,) int64 counts, max count)."""
+    K = int(K) if isinstance(K, np.integer) else K
     if isinstance(K, bool):
         raise ValueError(f"K must be an int, a list or an (N,) tensor, got {K!r}")
     if isinstance(K, int):
@@ -373,7 +376,10 @@ def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_nor
         (loss, loss_normals); loss_normals is None without normals. With point_reduction None
         both are (x term (N, P1), y term (N, P2)) tuples (just the x term if single
         directional). All-zero weights give zeros shaped as pytorch3d gives them ((N, N) before
-        the batch reduction), and then loss_normals is zeros rather than None.
+        the batch reduction), and then loss_normals is zeros rather than None. An empty cloud
+        (P = 0, or a length of 0) contributes 0, as in pytorch3d (its point mean divides by the
+        length clamped to 1, its batch mean by max(N, 1)), never NaN; ``recon_fast.ops.
+        chamfer_distance`` refuses empty clouds instead.
 
     Raises:
         ValueError: unknown reductions, batch_reduction without point_reduction, norm not in

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import operator
+
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -82,9 +85,20 @@ def check_pair(a, a_name: str, b, b_name: str) -> None:
                          f"{b.shape[0]} (shapes {tuple(a.shape)} and {tuple(b.shape)})")
 
 
-def check_count(value, name: str, low: int, high: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+def as_int(value, name: str) -> int:
+    """`value` as a Python int: ints and any integer type that supports ``operator.index``
+    (numpy integers, 0-d integer tensors); bools and floats are refused."""
+    if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int, got {type(value).__name__}") from None
+
+
+def check_count(value, name: str, low: int, high: int, what: str) -> int:
+    """`value` as a Python int in [low, high]."""
+    value = as_int(value, name)
     if not low <= value <= high:
         raise ValueError(f"{name} must be in [{low}, {high}] ({what}), got {value}")
     return value

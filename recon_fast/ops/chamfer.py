@@ -6,7 +6,8 @@ from typing import NamedTuple
 
 import torch
 
-from recon_fast.ops._validation import check_pair, check_points, lengths_or_full
+from recon_fast.ops._validation import (check_pair, check_points, data_checks_enabled, describe,
+                                        lengths_or_full)
 
 
 class Chamfer(NamedTuple):
@@ -62,7 +63,8 @@ def chamfer(x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor | None = N
 
     Returns:
         Chamfer(dist_xy, dist_yx, idx_xy, idx_yx); ties go to the lowest index, padded points
-        get distance 0 and index -1. The distances are differentiable w.r.t. x and y.
+        and points whose other cloud is empty get distance 0 and index -1. The distances are
+        differentiable w.r.t. x and y.
     """
     check_points(x, "x")
     check_points(y, "y")
@@ -72,6 +74,18 @@ def chamfer(x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor | None = N
     x_lengths = lengths_or_full(x_lengths, "x_lengths", x, "x")
     y_lengths = lengths_or_full(y_lengths, "y_lengths", y, "y")
     return Chamfer(*torch.ops.recon_fast.chamfer(x, y, x_lengths, y_lengths, norm))
+
+
+def _check_not_empty(points: torch.Tensor, lengths, name: str, lengths_name: str) -> None:
+    """A mean over no points is NaN (or a silent 0 with lengths): refuse empty clouds."""
+    if points.shape[1] == 0:
+        raise ValueError(f"{name} holds empty clouds ({describe(points)}): the Chamfer "
+                         "distance of an empty cloud is undefined")
+    if lengths is not None and data_checks_enabled() and points.shape[0] > 0:
+        empty = (torch.as_tensor(lengths) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"{lengths_name} is 0 for clouds {empty}: the Chamfer distance of "
+                             "an empty cloud is undefined")
 
 
 def _masked_mean(dist: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -94,6 +108,10 @@ def chamfer_distance(x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor |
         x: (B, N, 3); y: (B, M, 3). Half inputs are upcast to float32 first.
         x_lengths, y_lengths: optional (B,) valid sizes of padded clouds.
         reduction: "mean" over the batch (Point-MAE), "sum", or "none" for a (B,) tensor.
+
+    Raises:
+        ValueError: an empty cloud (N or M = 0, or a length of 0), or an empty batch with
+            reduction "mean": the loss would be NaN, and no value would be right.
     """
     if norm not in (1, 2):
         raise ValueError(f"norm must be 1 (ChamferDistanceL1) or 2 (ChamferDistanceL2), got {norm!r}")
@@ -104,6 +122,11 @@ def chamfer_distance(x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor |
     if isinstance(y, torch.Tensor) and y.dtype in (torch.float16, torch.bfloat16):
         y = y.float()
     result = chamfer(x, y, x_lengths, y_lengths, norm=2)
+    _check_not_empty(x, x_lengths, "x", "x_lengths")
+    _check_not_empty(y, y_lengths, "y", "y_lengths")
+    if reduction == "mean" and x.shape[0] == 0:
+        raise ValueError(f"x holds no clouds ({describe(x)}): the mean over an empty batch is "
+                         "undefined; use reduction='sum' or 'none'")
     d_xy, d_yx = result.dist_xy, result.dist_yx
     if norm == 1:
         # sqrt of a clamped value: the same numbers, but a finite gradient at exact matches.

@@ -38,7 +38,7 @@ def fps(xyz: torch.Tensor, m: int, lengths: torch.Tensor | None = None, *,
     """
     check_points(xyz, "xyz")
     B, N = xyz.shape[0], xyz.shape[1]
-    check_count(m, "m", 0, N, f"number of samples; xyz has N = {N} points")
+    m = check_count(m, "m", 0, N, f"number of samples; xyz has N = {N} points")
     lengths = lengths_or_full(lengths, "lengths", xyz, "xyz")
     if start_idx is None:
         if random_start:

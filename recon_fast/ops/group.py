@@ -37,8 +37,8 @@ def group(xyz: torch.Tensor, num_group: int, group_size: int, *,
     """
     check_points(xyz, "xyz")
     N = xyz.shape[1]
-    check_count(num_group, "num_group", 1, max(N, 1), f"xyz has N = {N} points")
-    check_count(group_size, "group_size", 1, max(N, 1), f"xyz has N = {N} points")
+    num_group = check_count(num_group, "num_group", 1, max(N, 1), f"xyz has N = {N} points")
+    group_size = check_count(group_size, "group_size", 1, max(N, 1), f"xyz has N = {N} points")
     center_idx = fps(xyz, num_group, min_norm_sq=POINTNET2_MIN_NORM_SQ if pointnet2_compat else None)
     center = gather_points(xyz, center_idx)  # (B, G, 3)
     patch_idx = knn(center.detach(), xyz, group_size).idx  # (B, G, K)

@@ -71,7 +71,7 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int,
     if norm not in (1, 2):
         raise ValueError(f"norm must be 1 (L1) or 2 (squared L2), got {norm!r}")
     N = points.shape[1]
-    check_count(k, "k", 1, max(N, 1), f"number of neighbours; points has N = {N}")
+    k = check_count(k, "k", 1, max(N, 1), f"number of neighbours; points has N = {N}")
     if N == 0:
         raise ValueError(f"points is empty ({tuple(points.shape)}): there are no neighbours to find")
     query_lengths = lengths_or_full(query_lengths, "query_lengths", query, "query")
