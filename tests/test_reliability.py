@@ -71,3 +71,22 @@ def test_pytorch3d_chamfer_gives_pytorch3d_value_for_empty_clouds():
     assert loss == 0
     loss, _ = pytorch3d_ops.chamfer_distance(torch.rand(0, 5, 3), torch.rand(0, 4, 3))
     assert loss == 0
+
+
+# ------------------------------------------------------------------------- dataset files
+
+
+@pytest.mark.parametrize("labels", [[0, 15, 3], [-1, 0, 1], [0.5, 1, 2], [0, float("nan"), 1]])
+def test_out_of_range_scanobjectnn_labels_name_the_file(tmp_path, labels):
+    import h5py
+
+    from recon_fast.data import ScanObjectNN
+    from recon_fast.data.io import DatasetFileError
+
+    path = tmp_path / "main_split" / "test_objectdataset.h5"
+    path.parent.mkdir()
+    with h5py.File(path, "w") as f:
+        f["data"], f["label"] = np.zeros((3, 8, 3), np.float32), np.array(labels)
+    with pytest.raises(DatasetFileError, match=r"test_objectdataset.h5: 'label' must hold class "
+                                               r"numbers in \[0, 15\)"):
+        ScanObjectNN(tmp_path, "test", "objectbg")

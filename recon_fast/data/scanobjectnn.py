@@ -87,7 +87,22 @@ class ScanObjectNN(Dataset):
         points = data.astype(np.float32)
         if not np.isfinite(points).all():
             raise DatasetFileError(self.path, "'data' contains NaN or infinite values")
-        return points, label.astype(np.int64)
+        return points, self._checked_labels(label)
+
+    def _checked_labels(self, label: np.ndarray) -> np.ndarray:
+        """Whole numbers in [0, 15): an out-of-range label would otherwise surface as a bare
+        IndexError (or a CUDA assert) deep inside the loss or the zero-shot class table."""
+        classes = len(SCANOBJECTNN_CLASSES)
+        whole = np.isfinite(label) & (np.floor(label) == label) if label.dtype.kind == "f" \
+            else np.ones(label.shape, bool)
+        bad = ~whole | (label < 0) | (label >= classes)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise DatasetFileError(self.path, f"'label' must hold class numbers in [0, {classes}), "
+                                              f"got {label[rows[:5]].tolist()} at rows "
+                                              f"{rows[:5].tolist()}" +
+                                   (f" ({len(rows)} bad labels)" if len(rows) > 5 else ""))
+        return label.astype(np.int64)
 
     def __len__(self) -> int:
         return self.points.shape[0]
