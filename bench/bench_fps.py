@@ -6,13 +6,15 @@ import torch
 from harness import OURS, REFERENCE, cached, cases, optional_import, record
 from reference import fps_torch_loop
 from recon_fast import ops
+from targets import gpu_target
 
 # (name, B, N, m, target speed-up over the loop). Targets: the project's issue for CPU,
-# PERF_TARGETS.md for the GPU.
+# targets.py for the GPU.
 CPU = [("B128-N1024-m64", 128, 1024, 64, 10), ("B32-N2048-m128", 32, 2048, 128, 10),
        ("B1-N100k-m4096", 1, 100_000, 4096, 40)]
-GPU = [("B128-N1024-m64", 128, 1024, 64, 72), ("B32-N2048-m128", 32, 2048, 128, 88),
-       ("B32-N8192-m512", 32, 8192, 512, 53), ("B1-N100k-m4096", 1, 100_000, 4096, 11)]
+GPU = [(name, B, N, m, gpu_target("fps", name)) for name, B, N, m in [
+    ("B128-N1024-m64", 128, 1024, 64), ("B32-N2048-m128", 32, 2048, 128),
+    ("B32-N8192-m512", 32, 8192, 512), ("B1-N100k-m4096", 1, 100_000, 4096)]]
 PARAMS = cases(CPU, GPU)
 
 

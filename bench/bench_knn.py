@@ -6,14 +6,14 @@ import torch
 from harness import OURS, REFERENCE, cached, cases, optional_import, record
 from reference import knn_cdist_topk, knn_matmul_topk
 from recon_fast import ops
+from targets import gpu_target
 
 # (name, B, N, M, k, reference chunk (None = one matrix), target speed-up)
 CPU = [("B128-N1024-M64-k32", 128, 1024, 64, 32, None, 5),
        ("B4-N50k-M4096-k16", 4, 50_000, 4096, 16, 512, 50)]
-GPU = [("B128-N1024-M64-k32", 128, 1024, 64, 32, None, 3.8),
-       ("B32-N2048-M128-k32", 32, 2048, 128, 32, None, 3),
-       ("B32-N8192-M512-k32", 32, 8192, 512, 32, None, 6),
-       ("B4-N50k-M4096-k16", 4, 50_000, 4096, 16, None, 7.5)]
+GPU = [(name, B, N, M, k, None, gpu_target("knn", name)) for name, B, N, M, k in [
+    ("B128-N1024-M64-k32", 128, 1024, 64, 32), ("B32-N2048-M128-k32", 32, 2048, 128, 32),
+    ("B32-N8192-M512-k32", 32, 8192, 512, 32), ("B4-N50k-M4096-k16", 4, 50_000, 4096, 16)]]
 PARAMS = cases(CPU, GPU)
 
 

@@ -20,12 +20,14 @@ import torch
 from harness import OURS, REFERENCE, cached, cases, record
 from recon_fast import ops
 from recon_fast.model import ReConConfig, build_model
+from targets import gpu_target
 
 # (name, model size, batch, points, target speed-up)
 PRETRAIN_CPU = [("tiny-B4", "tiny", 4, 1024, None)]
-PRETRAIN_GPU = [("base-B128", "base", 128, 1024, 10.0)]
+PRETRAIN_GPU = [("base-B128", "base", 128, 1024, gpu_target("pretrain step", "base-B128"))]
 FINETUNE_CPU = [("tiny-B4-N2048", "tiny", 4, 2048, None)]
-FINETUNE_GPU = [("base-B32-N2048", "base", 32, 2048, 5.0)]
+FINETUNE_GPU = [("base-B32-N2048", "base", 32, 2048,
+                 gpu_target("finetune step", "base-B32-N2048"))]
 TEXT_DIM, IMAGE_DIM = 512, 768
 
 
@@ -34,18 +36,48 @@ def _config(size: str, **changes) -> ReConConfig:
     return ReConConfig(**{**cfg.to_dict(), **changes})
 
 
+class CLIPTextTower(torch.nn.Module):
+    """CLIP ViT-B/32's text encoder shape (12 pre-norm layers of width 512, 8 heads, MLP 2048,
+    causal mask over 77 tokens, the end token's feature projected): the same work as
+    open_clip's encode_text, for machines without open_clip."""
+
+    def __init__(self, vocab=49408, context=77, width=512, layers=12, heads=8):
+        super().__init__()
+        self.token_embedding = torch.nn.Embedding(vocab, width)
+        self.positional_embedding = torch.nn.Parameter(torch.randn(context, width) * 0.01)
+        layer = torch.nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0,
+                                                 activation="gelu", batch_first=True,
+                                                 norm_first=True)
+        self.transformer = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.ln_final = torch.nn.LayerNorm(width)
+        self.text_projection = torch.nn.Linear(width, width, bias=False)
+        self.register_buffer("causal", torch.full((context, context), float("-inf")).triu(1))
+
+    def encode_text(self, tokens):
+        x = self.token_embedding(tokens) + self.positional_embedding
+        x = self.ln_final(self.transformer(x, mask=self.causal, is_causal=True))
+        return self.text_projection(x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)])
+
+
+def clip_text_tower():
+    """open_clip's random-weight ViT-B-32 when installed, else the same-shaped stand-in."""
+    try:
+        import open_clip
+    except ImportError:
+        return CLIPTextTower()
+    return open_clip.create_model("ViT-B-32", pretrained=None)
+
+
 class OnlineTeachers(torch.nn.Module):
     """The official per-step teacher work: a ViT-B/16 on the render, CLIP text on the prompt
     tokens (random weights: the cost is what is measured)."""
 
     def __init__(self, device):
         super().__init__()
-        import open_clip
         import timm
 
         self.image = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
-        clip = open_clip.create_model("ViT-B-32", pretrained=None)
-        self.text = clip
+        self.text = clip_text_tower()
         self.to(device).eval().requires_grad_(False)
 
     @torch.no_grad()

@@ -60,8 +60,21 @@ def record(benchmark, fn: Callable[[], object], *, op: str, case: str, dtype: to
     benchmark.group = f"{op} {case} {str(dtype).replace('torch.', '')} {device.type}"
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=1)
     median_ms = benchmark.stats.stats.median * 1e3
-    ROWS.append(Row(op, case, str(dtype).replace("torch.", ""), device.type, provider, median_ms,
-                    rounds, target))
+    row = Row(op, case, str(dtype).replace("torch.", ""), device.type, provider, median_ms, rounds,
+              target)
+    ROWS.append(row)
+    _append_to_row_log(row)
+
+
+def _append_to_row_log(row: Row) -> None:
+    """With RECON_FAST_BENCH_ROWS set, each row is appended to that JSON-lines file as soon as it
+    is measured, so that a run stopped part-way keeps every number taken before the stop."""
+    path = os.environ.get("RECON_FAST_BENCH_ROWS")
+    if not path:
+        return
+    with open(path, "a") as f:
+        f.write(json.dumps(dataclasses.asdict(row)) + "\n")
+        f.flush()
 
 
 def _environment() -> dict:

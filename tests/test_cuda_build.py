@@ -14,8 +14,13 @@ OPS = ["fps", "knn", "knn_backward", "gather_points", "gather_points_backward", 
        "chamfer_backward"]
 
 CUDA_BUILD = recon_fast.build_info()["cuda"]
-needs_cuda_build = pytest.mark.skipif(
+_skip_without_cuda_build = pytest.mark.skipif(
     not CUDA_BUILD, reason="recon_fast was built without CUDA kernels (CPU-only build)")
+
+
+def needs_cuda_build(test):
+    """Skipped in a CPU-only build; marked `cuda_build` so that the GPU check selects it."""
+    return pytest.mark.cuda_build(_skip_without_cuda_build(test))
 
 
 def test_build_info_reports_cuda_flag():
