@@ -145,3 +145,14 @@ def test_chamfer_under_torch_compile(device):
     (want,) = torch.autograd.grad(ops.chamfer_distance(x, y), x)
     assert_close(out.detach(), ops.chamfer_distance(x, y).detach())
     assert_close(grad, want)
+
+
+def test_chamfer_backward_opcheck_with_strided_inputs(device):
+    # The kernels return contiguous gradients for strided x / y: the fake kernel must say so.
+    x = torch.rand(2, 3, 9, device=device).transpose(1, 2)  # (2, 9, 3), not contiguous
+    y = torch.rand(2, 3, 13, device=device).transpose(1, 2)
+    _, _, idx_xy, idx_yx = torch.ops.recon_fast.chamfer(x, y, torch.tensor([9, 4], device=device),
+                                                        torch.tensor([13, 13], device=device), 2)
+    grads = (torch.rand(2, 9, device=device), torch.rand(2, 13, device=device))
+    torch.library.opcheck(torch.ops.recon_fast.chamfer_backward.default,
+                          (*grads, x, y, idx_xy, idx_yx, 2))

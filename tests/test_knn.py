@@ -128,3 +128,13 @@ def test_knn_under_torch_compile(device):
 def test_knn_rejects_coordinates_whose_squares_overflow():
     with pytest.raises(ValueError, match="points has coordinates above 1e\\+18"):
         ops.knn(torch.rand(1, 2, 3), torch.full((1, 4, 3), 3e19), 1)
+
+
+def test_knn_backward_opcheck_with_strided_inputs(device):
+    # The kernels return contiguous gradients for strided query / points: so must the fake kernel.
+    q = torch.rand(2, 3, 6, device=device).transpose(1, 2)  # (2, 6, 3), not contiguous
+    p = torch.rand(2, 3, 20, device=device).transpose(1, 2)
+    full = torch.tensor([6, 6], device=device), torch.tensor([20, 20], device=device)
+    dist, idx = torch.ops.recon_fast.knn(q, p, *full, 5, 2)
+    torch.library.opcheck(torch.ops.recon_fast.knn_backward.default,
+                          (torch.rand_like(dist), q, p, idx, 2))

@@ -28,7 +28,8 @@ def _chamfer_fake(x, y, x_lengths, y_lengths, norm):
 
 @torch.library.register_fake("recon_fast::chamfer_backward")
 def _chamfer_backward_fake(grad_dist_xy, grad_dist_yx, x, y, idx_xy, idx_yx, norm):
-    return torch.empty_like(x), torch.empty_like(y)
+    # Contiguous like the kernels' outputs, whatever the strides of x and y.
+    return x.new_empty(x.shape), y.new_empty(y.shape)
 
 
 def _setup_context(ctx, inputs, output):

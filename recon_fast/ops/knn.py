@@ -27,7 +27,8 @@ def _knn_fake(query, points, query_lengths, point_lengths, k, norm):
 
 @torch.library.register_fake("recon_fast::knn_backward")
 def _knn_backward_fake(grad_dist, query, points, idx, norm):
-    return torch.empty_like(query), torch.empty_like(points)
+    # Contiguous like the kernels' outputs, whatever the strides of query and points.
+    return query.new_empty(query.shape), points.new_empty(points.shape)
 
 
 def _setup_context(ctx, inputs, output):
