@@ -5,6 +5,7 @@ and through the typed Python API in :mod:`recon_fast.ops`.
 """
 
 from recon_fast._extension import ExtensionNotBuiltError, load_extension
+from recon_fast.errors import ReconFastError
 
 _C = load_extension()
 
@@ -18,4 +19,4 @@ def build_info():
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "build_info", "ExtensionNotBuiltError", "__version__"]
+__all__ = ["ops", "build_info", "ReconFastError", "ExtensionNotBuiltError", "__version__"]

@@ -17,6 +17,8 @@ import json
 import sys
 import time
 
+from recon_fast.errors import InputError, ReconFastError
+
 
 def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     g = p.add_argument_group("run")
@@ -125,15 +127,17 @@ def _fewshot(args: argparse.Namespace) -> int:
 
 
 def _parse_folds(text: str) -> list[int]:
+    """'0-9' or '0,3,5' (or a mix) as a list of fold numbers; InputError naming --folds otherwise."""
     folds = []
-    for part in text.split(","):
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            folds += list(range(int(lo), int(hi) + 1))
-        elif part:
-            folds.append(int(part))
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, dash, hi = part.partition("-")
+        well_formed = lo.isdigit() and (hi.isdigit() if dash else True)
+        if not well_formed or (dash and int(hi) < int(lo)):
+            raise InputError(f"--folds {text!r}: {part!r} is not a fold number or a range lo-hi "
+                             "(e.g. 0-9 or 0,3,5)")
+        folds += list(range(int(lo), int(hi or lo) + 1))
     if not folds:
-        raise ValueError(f"--folds {text!r} names no fold")
+        raise InputError(f"--folds {text!r} names no fold")
     return folds
 
 
@@ -240,12 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user's mistake (any ReconFastError) prints one line naming the
+    argument, file or flag and returns 2; anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    from recon_fast.train.config import ConfigError
-
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except ReconFastError as err:
         print(f"recon-fast {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -112,3 +112,93 @@ def test_fewshot_runs_every_fold_and_summarises(tmp_path, pretrained, capsys):
     assert "3-way 2-shot over 2 folds:" in out
     assert os.path.isfile(tmp_path / "run" / "fold1" / "ckpt-last.pth")
     assert np.isfinite(float(out.split("over 2 folds:")[1].split("+-")[0]))
+
+
+# ---- user mistakes: one line on stderr naming the argument, file or flag, exit status 2 ------
+
+def assert_one_line_error(capsys, command, *names):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"recon-fast {command}: error: "), err
+    for name in names:
+        assert name in err[0], (name, err[0])
+
+
+def modelnet_config(tmp_path, name="svm", data_path=None, model=None):
+    base = {"NAME": "ModelNet", "DATA_PATH": data_path or str(modelnet_root(tmp_path)),
+            "N_POINTS": N_POINTS, "NUM_CATEGORY": 40}
+    return write_config(tmp_path, name, model or model_section("PointTransformerSVM", cls_dim=40), base)
+
+
+def test_missing_teacher_weights_is_one_line(tmp_path, pretrained, capsys):
+    cfg = modelnet_config(tmp_path, "zs", model=model_section(
+        "PointTransformerZeroShot", type="full", ratio=0.25, img_encoder="ViT-B/32",
+        text_encoder="ViT-B/32"))
+    weights = str(tmp_path / "no-such" / "ViT-B-32.pt")
+    assert main(["eval", "zeroshot", "--config", cfg, "--ckpt", pretrained,
+                 "--teacher-weights", weights] + common(tmp_path)) == 2
+    assert_one_line_error(capsys, "eval", "teacher weights", weights)
+
+
+def test_missing_dataset_folder_is_one_line(tmp_path, pretrained, capsys):
+    missing = str(tmp_path / "no-such-modelnet")
+    cfg = modelnet_config(tmp_path, data_path=missing)
+    assert main(["eval", "svm", "--config", cfg, "--ckpt", pretrained] + common(tmp_path)) == 2
+    assert_one_line_error(capsys, "eval", missing)
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    ckpt = str(tmp_path / "no-such.pth")
+    assert main(["eval", "svm", "--config", modelnet_config(tmp_path), "--ckpt", ckpt]
+                + common(tmp_path)) == 2
+    assert_one_line_error(capsys, "eval", ckpt)
+
+
+def test_cuda_device_without_a_gpu_is_one_line(tmp_path, pretrained, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["eval", "svm", "--config", modelnet_config(tmp_path), "--ckpt", pretrained]
+    assert main(args + common(tmp_path)[:-2] + ["--device", "cuda"]) == 2
+    assert_one_line_error(capsys, "eval", "--device cuda", "CUDA is not available")
+
+
+@pytest.mark.parametrize("folds", ["x", "3-1", "1-", ","])
+def test_bad_folds_is_one_line(tmp_path, capsys, folds):
+    assert main(["fewshot", "--config", modelnet_config(tmp_path), "--way", "5", "--shot", "10",
+                 "--folds", folds] + common(tmp_path)) == 2
+    assert_one_line_error(capsys, "fewshot", "--folds", repr(folds))
+
+
+def test_config_mistakes_are_one_line(tmp_path, pretrained, capsys):
+    cfg = modelnet_config(tmp_path)
+    assert main(["eval", "svm", "--config", cfg, "--ckpt", pretrained, "--set", "max_epochs=3"]
+                + common(tmp_path)) == 2
+    assert_one_line_error(capsys, "eval", "max_epochs")
+    assert main(["pretrain", "--config", str(tmp_path / "nope.yaml")] + common(tmp_path)) == 2
+    assert_one_line_error(capsys, "pretrain", "nope.yaml")
+
+
+def test_user_errors_share_one_family():
+    import recon_fast
+    from recon_fast import errors
+    from recon_fast.data.io import DatasetFileError
+    from recon_fast.teachers.weights import TeacherWeightsError
+    from recon_fast.train.config import ConfigError
+
+    assert recon_fast.ReconFastError is errors.ReconFastError
+    assert issubclass(errors.ReconFastError, ValueError)
+    for cls in (ConfigError, DatasetFileError, TeacherWeightsError, errors.DeviceError,
+                errors.CheckpointError, errors.InputError, errors.NotCompiledError):
+        assert issubclass(cls, errors.ReconFastError), cls
+    for cls in (errors.DatasetNotFoundError, errors.CheckpointNotFoundError,
+                errors.ConfigNotFoundError, errors.TeacherWeightsNotFoundError):
+        assert issubclass(cls, FileNotFoundError) and issubclass(cls, errors.ReconFastError), cls
+
+
+def test_internal_errors_keep_their_traceback(tmp_path, monkeypatch):
+    import recon_fast.cli as cli
+
+    def broken(args):
+        raise RuntimeError("a bug, not a user mistake")
+
+    monkeypatch.setattr(cli, "_presets", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["presets"])

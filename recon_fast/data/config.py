@@ -7,6 +7,8 @@ from typing import Any, Mapping, Optional
 
 from torch.utils.data import Dataset
 
+from recon_fast.errors import ConfigError
+
 from recon_fast.data.modelnet import ModelNet, ModelNetFewShot
 from recon_fast.data.scanobjectnn import ScanObjectNN
 from recon_fast.data.shapenet import ShapeNet55, ShapeNetPaths
@@ -14,7 +16,7 @@ from recon_fast.data.shapenet import ShapeNet55, ShapeNetPaths
 
 def _get(cfg: Mapping[str, Any], key: str, source: str) -> Any:
     if key not in cfg:
-        raise ValueError(f"dataset config ({source}) is missing key {key!r}; it has {sorted(cfg)}")
+        raise ConfigError(f"dataset config ({source}) is missing key {key!r}; it has {sorted(cfg)}")
     return cfg[key]
 
 
@@ -66,7 +68,7 @@ def dataset_from_config(base: Mapping[str, Any], others: Optional[Mapping[str, A
             variant = "objectonly" if os.path.basename(os.path.normpath(root)).endswith("nobg") \
                 else "objectbg"
         return ScanObjectNN(root, subset, variant)
-    raise ValueError(f"unknown dataset NAME {name!r}; expected ShapeNet, ModelNet, "
+    raise ConfigError(f"unknown dataset NAME {name!r}; expected ShapeNet, ModelNet, "
                      "ModelNetFewShot, ScanObjectNN, ScanObjectNN_hardest, Embedded or "
                      "EmbeddedShapes")
 

@@ -2,7 +2,8 @@
 
 The official loaders crash deep inside numpy/OpenCV/h5py (or, for OpenCV, silently get ``None``)
 when a file is missing or damaged. These readers check existence, decode errors and array shapes
-up front and raise ``FileNotFoundError`` / :class:`DatasetFileError` with the path in the message.
+up front and raise :class:`DatasetNotFoundError` / :class:`DatasetFileError` with the path in the
+message.
 """
 
 from __future__ import annotations
@@ -14,31 +15,25 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
+from recon_fast.errors import DatasetFileError, DatasetNotFoundError
+
 PathLike = Union[str, os.PathLike]
 
 
-class DatasetFileError(ValueError):
-    """A dataset file exists but cannot be used (corrupt, wrong format or wrong array shape)."""
-
-    def __init__(self, path: PathLike, problem: str):
-        self.path = os.fspath(path)
-        super().__init__(f"{self.path}: {problem}")
-
-
 def require_file(path: PathLike, what: str) -> str:
-    """Return `path` as str, or raise FileNotFoundError saying which dataset file is missing."""
+    """Return `path` as str, or raise DatasetNotFoundError saying which dataset file is missing."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         where = "directory exists" if os.path.isdir(os.path.dirname(path) or ".") else \
             "its directory does not exist either"
-        raise FileNotFoundError(f"{what} not found: {path} ({where})")
+        raise DatasetNotFoundError(f"{what} not found: {path} ({where})")
     return path
 
 
 def require_dir(path: PathLike, what: str) -> str:
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{what} directory not found: {path}")
+        raise DatasetNotFoundError(f"{what} directory not found: {path}")
     return path
 
 

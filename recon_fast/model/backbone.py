@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from recon_fast import attention, ops
+from recon_fast.errors import ConfigError, InputError
 from recon_fast.model.config import ReConConfig
 from recon_fast.model.layers import PatchEncoder, ReConEncoder, position_mlp
 from recon_fast.ops._validation import data_checks_enabled
@@ -23,26 +24,26 @@ GLOBAL_TOKENS = ("cls", "img", "text")  # order of the global queries in the tok
 
 
 def check_points(points, config: ReConConfig) -> None:
-    """ValueError unless `points` is a float (B, N, 3) tensor with enough finite points."""
+    """InputError unless `points` is a float (B, N, 3) tensor with enough finite points."""
     if not isinstance(points, torch.Tensor):
-        raise ValueError(f"points must be a torch.Tensor of shape (B, N, 3), got "
+        raise InputError(f"points must be a torch.Tensor of shape (B, N, 3), got "
                          f"{type(points).__name__}")
     seen = f"shape {tuple(points.shape)}, dtype {points.dtype}"
     if points.dim() != 3 or points.shape[2] != 3:
-        raise ValueError(f"points must have shape (B, N, 3), got {seen}")
+        raise InputError(f"points must have shape (B, N, 3), got {seen}")
     if not points.dtype.is_floating_point:
-        raise ValueError(f"points must be a floating point tensor, got {seen}")
+        raise InputError(f"points must be a floating point tensor, got {seen}")
     B, N = points.shape[0], points.shape[1]
     if B < 1:
-        raise ValueError(f"points must hold at least one cloud, got {seen}")
+        raise InputError(f"points must hold at least one cloud, got {seen}")
     need = max(config.num_group, config.group_size)
     if N < need:
-        raise ValueError(
+        raise InputError(
             f"points has N = {N} points per cloud, fewer than the model needs: it takes "
             f"num_group={config.num_group} patch centres and group_size={config.group_size} "
             f"points per patch, so N >= {need}")
     if data_checks_enabled() and not bool(torch.isfinite(points).all()):
-        raise ValueError(f"points contains NaN or infinite values ({seen})")
+        raise InputError(f"points contains NaN or infinite values ({seen})")
 
 
 def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -53,10 +54,10 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def check_attention_backend(backend: str) -> None:
-    """ValueError for a backend recon_fast.attention does not offer."""
+    """ConfigError for a backend recon_fast.attention does not offer."""
     known = getattr(attention, "BACKENDS", None)
     if known is not None and backend not in known:
-        raise ValueError(f"attention_backend must be one of {tuple(known)}, got {backend!r}")
+        raise ConfigError(f"attention_backend must be one of {tuple(known)}, got {backend!r}")
 
 
 class ReConTransformer(nn.Module):

@@ -22,6 +22,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from recon_fast.errors import CheckpointError, CheckpointNotFoundError
+
 logger = logging.getLogger("recon_fast.model")
 
 STATE_KEYS = ("base_model", "model")  # where the official files keep the state dict
@@ -91,17 +93,17 @@ def read_state_dict(path: str | os.PathLike, *,
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint path is not a file: {path}")
+        raise CheckpointNotFoundError(f"checkpoint path is not a file: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} holds objects that torch.load(weights_only=True) refuses to unpickle "
             f"({err}); if you trust the file, pass weights_only=False") from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"{path} is not a readable torch checkpoint: {err}") from err
+        raise CheckpointError(f"{path} is not a readable torch checkpoint: {err}") from err
     state = _find_state_dict(ckpt, path)
     return {_strip_wrappers(k): v for k, v in state.items()}
 
@@ -113,9 +115,9 @@ def _find_state_dict(ckpt: Any, path: Path) -> Mapping[str, torch.Tensor]:
                 return ckpt[key]
         if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
             return ckpt  # a bare state dict
-        raise ValueError(f"{path} has no model state dict: expected a 'base_model' or 'model' "
+        raise CheckpointError(f"{path} has no model state dict: expected a 'base_model' or 'model' "
                          f"entry (or a bare state dict), found keys {sorted(map(str, ckpt))[:10]}")
-    raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
 
 
 def _strip_wrappers(key: str) -> str:
@@ -154,7 +156,7 @@ def load_official_checkpoint(path: str | os.PathLike, model: nn.Module, *, stric
         path: a ``.pth`` file as the official code saves it.
         model: a :class:`~recon_fast.model.ReCon` (pretraining) or downstream model, possibly
             wrapped by DDP or torch.compile.
-        strict: raise ValueError when tensors are missing or unused (teacher tensors aside).
+        strict: raise CheckpointError when tensors are missing or unused (teacher tensors aside).
         weights_only: passed to torch.load; keep True for files you did not make.
         log: log the summary on the "recon_fast.model" logger.
 
@@ -162,8 +164,9 @@ def load_official_checkpoint(path: str | os.PathLike, model: nn.Module, *, stric
         A :class:`LoadReport` (loaded / missing / unexpected / skipped teacher keys).
 
     Raises:
-        FileNotFoundError: no such file. ValueError: unreadable file, no state dict, a tensor
-        whose shape differs from the model's (named), or an incomplete load with strict=True.
+        CheckpointNotFoundError (a FileNotFoundError): no such file. CheckpointError (a
+        ValueError): unreadable file, no state dict, a tensor whose shape differs from the model's
+        (named), or an incomplete load with strict=True.
     """
     target = unwrap(model)
     state = _adapt_keys(read_state_dict(path, weights_only=weights_only), target)
@@ -178,7 +181,7 @@ def load_official_checkpoint(path: str | os.PathLike, model: nn.Module, *, stric
     if log:
         logger.info("%s", report)
     if strict and (report.missing or report.unexpected):
-        raise ValueError(f"checkpoint does not match the model exactly:\n  {report}")
+        raise CheckpointError(f"checkpoint does not match the model exactly:\n  {report}")
     return report
 
 
@@ -190,7 +193,7 @@ def _check_shapes(path, state: Mapping[str, torch.Tensor], own: Mapping[str, tor
              if key in own and tuple(value.shape) != tuple(own[key].shape)]
     if wrong:
         more = f" (and {len(wrong) - 5} more)" if len(wrong) > 5 else ""
-        raise ValueError(f"{path}: {'; '.join(wrong[:5])}{more}. The checkpoint was made with "
+        raise CheckpointError(f"{path}: {'; '.join(wrong[:5])}{more}. The checkpoint was made with "
                          "other sizes (trans_dim, group_size, cls_dim or teacher widths)")
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from recon_fast.errors import ConfigError, ConfigNotFoundError
+
 # Width of the features each teacher produces: timm ViTs give their embed_dim, CLIP image towers
 # their projection width (visual.output_dim), CLIP text towers the transformer width (the
 # official TextTransformer.embed_dim, which sizes text_proj).
@@ -90,20 +92,20 @@ class ReConConfig:
                      "decoder_depth", "decoder_num_heads", "cls_dim"):
             _check_positive_int(name, getattr(self, name))
         if self.encoder_dims != self.trans_dim:
-            raise ValueError(f"encoder_dims ({self.encoder_dims}) must equal trans_dim "
+            raise ConfigError(f"encoder_dims ({self.encoder_dims}) must equal trans_dim "
                              f"({self.trans_dim}): patch features are used as tokens directly")
         for heads_name in ("num_heads", "decoder_num_heads"):
             heads = getattr(self, heads_name)
             if self.trans_dim % heads:
-                raise ValueError(f"trans_dim ({self.trans_dim}) must be divisible by "
+                raise ConfigError(f"trans_dim ({self.trans_dim}) must be divisible by "
                                  f"{heads_name} ({heads})")
         if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+            raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if not self.mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
+            raise ConfigError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
         num_masked = int(self.mask_ratio * self.num_group)
         if not 0 < num_masked < self.num_group:
-            raise ValueError(
+            raise ConfigError(
                 f"mask_ratio={self.mask_ratio} masks {num_masked} of num_group={self.num_group} "
                 "patches; pretraining needs at least one masked and one visible patch")
         _check_choice("name", self.name, MODEL_NAMES)
@@ -115,7 +117,7 @@ class ReConConfig:
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
         if not isinstance(self.attention_backend, str):
-            raise ValueError(f"attention_backend must be a string, got {self.attention_backend!r}")
+            raise ConfigError(f"attention_backend must be a string, got {self.attention_backend!r}")
 
     @property
     def num_masked(self) -> int:
@@ -152,7 +154,7 @@ class ReConConfig:
         Keyword overrides win over the section (e.g. ``attention_backend="sdpa"``).
         """
         if not isinstance(model, Mapping):
-            raise ValueError(f"model must be a mapping (the YAML 'model' section), got "
+            raise ConfigError(f"model must be a mapping (the YAML 'model' section), got "
                              f"{type(model).__name__}")
         if "model" in model and isinstance(model["model"], Mapping):
             model = model["model"]  # a whole config file was passed
@@ -161,7 +163,7 @@ class ReConConfig:
         if isinstance(nested, Mapping) and nested is not model:
             flat = {**flat, **dict(nested)}
         if flat.get("self_contrastive"):
-            raise ValueError("self_contrastive: true is not supported (the published ReCon "
+            raise ConfigError("self_contrastive: true is not supported (the published ReCon "
                              "configs turn it off)")
         name = flat.get("NAME", "ReCon")
         values: dict[str, Any] = {"name": name}
@@ -197,12 +199,12 @@ class ReConConfig:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+            raise ConfigNotFoundError(f"config file not found: {path}")
         with open(path) as f:
             data = yaml.safe_load(f)
         if not isinstance(data, Mapping) or "model" not in data:
             seen = sorted(data) if isinstance(data, Mapping) else type(data).__name__
-            raise ValueError(f"{path} has no 'model' section (top level: {seen})")
+            raise ConfigError(f"{path} has no 'model' section (top level: {seen})")
         return cls.from_official(data["model"], **overrides)
 
     def to_dict(self) -> dict:
@@ -219,16 +221,16 @@ def _teacher_dim(kind: str, teacher: Any, section: Mapping[str, Any]) -> int | N
     table = TEACHER_FEATURE_DIMS[kind]
     if teacher not in table:
         field_name = "img_feature_dim" if kind == "image" else "text_feature_dim"
-        raise ValueError(f"unknown {kind} teacher {teacher!r}: its feature width is not known; "
+        raise ConfigError(f"unknown {kind} teacher {teacher!r}: its feature width is not known; "
                          f"known: {sorted(table)}; give {field_name} in the model section")
     return table[teacher]
 
 
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}")

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from recon_fast.errors import ConfigError
+
 from recon_fast.model.backbone import ReConTransformer
 from recon_fast.model.config import ReConConfig
 
@@ -108,6 +110,6 @@ class ReConSVMFeatures(ReConTransformer):
 def _feature_dim(config: ReConConfig, field: str) -> int:
     value = getattr(config, field)
     if value is None:
-        raise ValueError(f"zeroshot_type={config.zeroshot_type!r} needs config.{field} "
+        raise ConfigError(f"zeroshot_type={config.zeroshot_type!r} needs config.{field} "
                          "(the teacher feature width), got None")
     return value

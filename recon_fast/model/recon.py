@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recon_fast import ops
+from recon_fast.errors import InputError
 from recon_fast.model.backbone import ReConTransformer, gather_rows
 from recon_fast.model.config import ReConConfig
 from recon_fast.model.layers import TransformerDecoder, init_student_weights, position_mlp
@@ -142,13 +143,13 @@ class ReCon(nn.Module):
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (B, G):
             seen = (f"shape {tuple(mask.shape)}, dtype {mask.dtype}"
                     if isinstance(mask, torch.Tensor) else type(mask).__name__)
-            raise ValueError(f"mask must be a bool tensor of shape (B, num_group) = ({B}, {G}), "
+            raise InputError(f"mask must be a bool tensor of shape (B, num_group) = ({B}, {G}), "
                              f"got {seen}")
         mask = mask.to(center.device)
         if data_checks_enabled():
             counts = mask.sum(dim=1)
             if not bool((counts == self.num_masked).all()):
-                raise ValueError(f"mask must mask exactly int(mask_ratio * num_group) = "
+                raise InputError(f"mask must mask exactly int(mask_ratio * num_group) = "
                                  f"{self.num_masked} patches per cloud, got counts "
                                  f"{counts.tolist()}")
         return mask
@@ -157,18 +158,18 @@ class ReCon(nn.Module):
         has_head = hasattr(self, head)
         if feature is None:
             if has_head:
-                raise ValueError(f"{name} is required: the model distils into {head} "
+                raise InputError(f"{name} is required: the model distils into {head} "
                                  f"(config.{name}_dim = {width}); pass the teacher features "
                                  f"or build the model with {name}_dim=None")
             return
         if not has_head:
-            raise ValueError(f"{name} was given but the model has no {head} "
+            raise InputError(f"{name} was given but the model has no {head} "
                              f"(config.{name}_dim is None)")
         if (not isinstance(feature, torch.Tensor) or not feature.dtype.is_floating_point
                 or feature.dim() != 2 or feature.shape != (batch, width)):
             seen = (f"shape {tuple(feature.shape)}, dtype {feature.dtype}"
                     if isinstance(feature, torch.Tensor) else type(feature).__name__)
-            raise ValueError(f"{name} must be a float tensor of shape (B, {name}_dim) = "
+            raise InputError(f"{name} must be a float tensor of shape (B, {name}_dim) = "
                              f"({batch}, {width}), got {seen}")
 
 

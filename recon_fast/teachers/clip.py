@@ -25,6 +25,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
+from recon_fast.errors import TeacherWeightsNotFoundError
+
 from recon_fast.teachers.weights import (RANDOM, WeightsSource, file_source, first_existing,
                                          hf_cached_file, load_into, load_state_dict_file,
                                          random_source)
@@ -98,7 +100,7 @@ def resolve_clip_weights(model_name: str, weights: Union[str, os.PathLike], seed
     open_clip = _open_clip()
     if not open_clip.get_pretrained_cfg(model_name, weights):
         tags = open_clip.list_pretrained_tags_by_model(model_name)
-        raise ValueError(f"teacher weights {weights!r} is neither a file nor a pretrained tag of "
+        raise TeacherWeightsNotFoundError(f"teacher weights {weights!r} is neither a file nor a pretrained tag of "
                          f"{model_name} (tags: {tags}); pass a file path or 'random'")
     candidates = clip_weight_candidates(model_name, weights, cache_dir)
     found = first_existing(candidates)
@@ -107,7 +109,7 @@ def resolve_clip_weights(model_name: str, weights: Union[str, os.PathLike], seed
         hub = os.path.split(cfg.get("hf_hub", ""))[0]
         places = candidates + ([f"the Hugging Face hub cache of {hub}"] if hub else [])
         looked = ", ".join(places) or "~/.cache/clip"
-        raise FileNotFoundError(
+        raise TeacherWeightsNotFoundError(
             f"No local weights for CLIP {model_name} ({weights}); nothing is downloaded. Looked "
             f"in: {looked}. Provide them with teacher_weights=/path/to/file (the OpenAI "
             f"'ViT-B-32.pt' that the official ReCon code saves in ~/.cache/clip/, or an open_clip "

@@ -19,6 +19,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from recon_fast.errors import TeacherWeightsNotFoundError
+
 from recon_fast.teachers.clip import TeacherIdentity, _FrozenTeacher
 from recon_fast.teachers.weights import (RANDOM, WeightsSource, file_source, first_existing,
                                          hf_cached_file, load_into, load_state_dict_file,
@@ -47,7 +49,7 @@ def resolve_vit_weights(weights: Union[str, os.PathLike], seed: int = 0) -> Weig
     hf_file = hf_cached_file(HF_IN21K_REPO, ["model.safetensors", "pytorch_model.bin"])
     found = first_existing([os.path.join(hub_dir, OFFICIAL_IN21K_FILE), hf_file])
     if found is None:
-        raise FileNotFoundError(
+        raise TeacherWeightsNotFoundError(
             f"No local weights for the ViT-B/16 in21k image teacher; nothing is downloaded. "
             f"Looked for {os.path.join(hub_dir, OFFICIAL_IN21K_FILE)} and the Hugging Face hub "
             f"cache of {HF_IN21K_REPO}. Provide them with image_teacher_weights=/path/to/"

@@ -17,13 +17,11 @@ from typing import Iterable, Optional
 
 import torch
 
+from recon_fast.errors import TeacherWeightsError, TeacherWeightsNotFoundError  # noqa: F401
+
 logger = logging.getLogger("recon_fast.teachers")
 
 RANDOM = "random"
-
-
-class TeacherWeightsError(ValueError):
-    """Teacher weights were found but cannot be used (unreadable file, wrong keys or shapes)."""
 
 
 class RandomTeacherWarning(UserWarning):
@@ -67,7 +65,7 @@ def file_sha256(path: str) -> str:
 def file_source(path: str) -> WeightsSource:
     path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"teacher weights file not found: {path}")
+        raise TeacherWeightsNotFoundError(f"teacher weights file not found: {path}")
     return WeightsSource(path, file_sha256(path))
 
 

@@ -15,11 +15,9 @@ from typing import Any, Iterable
 
 import yaml
 
+from recon_fast.errors import ConfigError  # noqa: F401  (re-exported: its historical home)
+
 PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used (unknown key, bad value, missing file)."""
 
 
 class Config(dict):

@@ -10,15 +10,14 @@ from typing import Callable, Optional
 import torch
 
 from recon_fast import ops
+from recon_fast.errors import CheckpointError
 from recon_fast.train.config import Config, ConfigError
 from recon_fast.train.optim import build_optimizer, build_schedule
+from recon_fast.train.rundir import BEST, LAST, check_resumable, claim_run_dir, drop_backups
 from recon_fast.train.runtime import (Dist, Logger, Meter, RunOptions, autocast_context,
                                       grad_scaler, resolve_device, setup_distributed, unwrap)
 from recon_fast.train.state import (capture_rng, load_checkpoint_file, restore_rng, save_atomic,
                                     seed_everything)
-
-LAST = "ckpt-last.pth"
-BEST = "ckpt-best.pth"
 
 
 def apply_epoch_override(config: Config, epochs: Optional[int]) -> Config:
@@ -34,6 +33,15 @@ def apply_epoch_override(config: Config, epochs: Optional[int]) -> Config:
     kwargs.initial_epochs = int(round(int(kwargs.get("initial_epochs", 0)) * epochs / max(old, 1)))
     config.max_epoch = epochs - 1
     return config
+
+
+def check_run_options(opts: RunOptions) -> None:
+    """Step counts that would train nothing or something else than asked."""
+    for flag, value, low in (("--max-steps", opts.max_steps, 1),
+                             ("--checkpoint-every", opts.checkpoint_every, 0),
+                             ("--log-every", opts.log_every, 1)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < low):
+            raise ConfigError(f"{flag} must be an integer >= {low}, got {value!r}")
 
 
 def barrier_first(dist_info: Dist, fn: Callable):
@@ -72,12 +80,19 @@ class Trainer:
         self.config, self.opts, self.task = config, opts, task
         self.device = resolve_device(opts.device)
         self.dist = setup_distributed(self.device)
+        check_run_options(opts)
+        # Before anything is written into the run folder (log.txt included).
+        events = claim_run_dir(opts.out_dir, resume=opts.resume, overwrite=opts.overwrite) \
+            if self.dist.main else []
+        self._backups_pending = opts.overwrite
         seed_everything(opts.seed + self.dist.rank)
         # Data checks cost a host sync per op call on CUDA: off inside training steps unless
         # asked for (the loaders validate what they read); restored by close().
         self._data_checks = ops.checks(opts.validate_data).__enter__()
         self.logger = Logger(opts.out_dir, self.dist, tensorboard=opts.tensorboard,
                              progress=opts.progress)
+        for line in events:
+            self.logger.info(line)
         self.amp = opts.amp
         self.scaler = grad_scaler(opts.amp, self.device)
         self.start_epoch, self.start_batch, self.global_step = 0, 0, 0
@@ -85,6 +100,7 @@ class Trainer:
         self.last_metric: Optional[float] = None
         self.loss_history: list[torch.Tensor] = []
         self._accumulated = 0
+        self.meter = Meter()
 
     # -------------------------------------------------------------------------------- setup
 
@@ -101,16 +117,22 @@ class Trainer:
                                          fused=True if self.device.type == "cuda" else None)
         self.schedule = build_schedule(self.optimizer, self.config)
         last = os.path.join(self.opts.out_dir, LAST)
-        rng_state = None
+        rank_state = None
         if self.opts.resume and os.path.isfile(last):
-            rng_state = self._resume(last)
-        elif self.opts.resume:
-            self.logger.info(f"--resume: no {last} yet, starting a new run")
-        elif self.opts.init_ckpt:
-            from recon_fast.model import load_official_checkpoint
+            rank_state = self._resume(last)
+            if self.opts.init_ckpt:
+                self.logger.info(f"--init-ckpt {self.opts.init_ckpt} not used: resuming {last}")
+        else:
+            if self.opts.resume:
+                start = f"from the initial weights of {self.opts.init_ckpt}" \
+                    if self.opts.init_ckpt else "from a random initialisation"
+                self.logger.info(f"--resume: nothing to resume (no {last} yet), starting a new "
+                                 f"run {start}")
+            if self.opts.init_ckpt:
+                from recon_fast.model import load_official_checkpoint
 
-            report = load_official_checkpoint(self.opts.init_ckpt, model)
-            self.logger.info(f"initial weights from {self.opts.init_ckpt}: {report}")
+                report = load_official_checkpoint(self.opts.init_ckpt, model)
+                self.logger.info(f"initial weights from {self.opts.init_ckpt}: {report}")
         wrapped = model
         if self.dist.active:
             # cls_token/cls_pos get no gradient in pretraining (nothing reads the cls output),
@@ -121,18 +143,19 @@ class Trainer:
         if self.opts.compile:
             wrapped = torch.compile(wrapped)
         self.model = wrapped
-        self._resume_rng = rng_state
+        self._resume_state = rank_state
 
     def _resume(self, path: str) -> dict:
         ckpt = load_checkpoint_file(path, map_location=self.device)
         missing = [k for k in ("base_model", "optimizer", "next_epoch", "rng") if k not in ckpt]
         if missing:
-            raise ValueError(f"{path} cannot be resumed: it lacks {missing} (not a recon_fast run "
+            raise CheckpointError(f"{path} cannot be resumed: it lacks {missing} (not a recon_fast run "
                              "checkpoint; use --init-ckpt to start from its weights instead)")
+        check_resumable(path, ckpt, self.config.to_dict(), self.dist.world)
         try:
             self.raw_model.load_state_dict(ckpt["base_model"], strict=True)
         except RuntimeError as err:
-            raise ValueError(f"{path} does not fit this model/config: {err}") from err
+            raise CheckpointError(f"{path} does not fit this model/config: {err}") from err
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -141,7 +164,9 @@ class Trainer:
         self.best = ckpt.get("best_metrics", {}).get("acc")
         self.logger.info(f"resuming {path}: epoch {self.start_epoch}, batch {self.start_batch}, "
                          f"step {self.global_step}")
-        return ckpt["rng"]
+        # This rank's own random state and unlogged averages (older checkpoints: rank 0's RNG).
+        per_rank = ckpt.get("rank_states")
+        return per_rank[self.dist.rank] if per_rank else {"rng": ckpt["rng"]}
 
     # -------------------------------------------------------------------------------- steps
 
@@ -179,29 +204,32 @@ class Trainer:
         opts, log = self.opts, self.logger
         # The training RNG stream starts here, independent of what set-up drew (model init,
         # cache computation that may or may not run): a fresh run reseeds, a resumed run restores.
-        if self._resume_rng is not None:
-            restore_rng(self._resume_rng)
+        if self._resume_state is not None:
+            restore_rng(self._resume_state["rng"])
+            if self.start_batch and self._resume_state.get("meter"):
+                self.meter.load_state_dict(self._resume_state["meter"])
         else:
             seed_everything(opts.seed * 7919 + self.dist.rank + 1)
         batch_size = loader.batch_sampler.batch_size
         max_epoch = int(self.config.max_epoch)
         finished = self.start_epoch > max_epoch
+        if not finished:
+            self._check_batches(loader, sampler, batch_size)
         for epoch in range(self.start_epoch, max_epoch + 1):
             self.schedule.apply(self.optimizer, epoch)
             first = self.start_batch if epoch == self.start_epoch else 0
             sampler.set_epoch(epoch, start=first * batch_size)
             self.model.train()
-            meter = Meter()
             bar = log.bar(first + len(loader), f"{self.task} epoch {epoch}/{max_epoch}", first)
             for index, batch in enumerate(loader, start=first):
                 values = step(batch)
                 self.global_step += 1
-                meter.add(values, batch_size)
+                self.meter.add(values, batch_size)
                 if opts.record_losses:
                     self.loss_history.append(values["loss"].detach().float().cpu())
                 bar.update()
                 if self.global_step % max(opts.log_every, 1) == 0:
-                    self._log_progress(meter, bar, epoch)
+                    self._log_progress(self.meter, bar, epoch)
                 if stop_after_steps is not None and self.global_step >= stop_after_steps:
                     bar.close()
                     return self._summary(epoch, interrupted=True)
@@ -213,7 +241,7 @@ class Trainer:
                     log.info(f"stopping after max_steps={opts.max_steps}")
                     return self._summary(epoch, interrupted=False)
             bar.close()
-            self._log_progress(meter, None, epoch, end_of_epoch=True)
+            self._log_progress(self.meter, None, epoch, end_of_epoch=True)
             metric = evaluate(epoch) if evaluate is not None else None
             self.last_metric = metric
             improved = metric is not None and (self.best is None or metric > self.best)
@@ -224,6 +252,18 @@ class Trainer:
                 self.save(epoch + 1, 0, completed_epoch=epoch, name=BEST)
             finished = epoch == max_epoch
         return self._summary(max_epoch, interrupted=not finished)
+
+    def _check_batches(self, loader, sampler, batch_size: int) -> None:
+        """An epoch without a full batch would train nothing and still "succeed"."""
+        sampler.set_epoch(self.start_epoch, start=0)
+        try:
+            batches = len(loader)
+        except TypeError:  # a streamed loader of unknown length
+            return
+        if batches == 0:
+            raise ConfigError(f"total_bs={batch_size * self.dist.world} is larger than the "
+                              f"{len(loader.dataset)} training shapes ({batch_size} per process "
+                              f"x {self.dist.world}): no full batch to train on; lower total_bs")
 
     def _log_progress(self, meter: Meter, bar, epoch: int, end_of_epoch: bool = False) -> None:
         values, rate = meter.read(self.dist)
@@ -243,7 +283,9 @@ class Trainer:
     def save(self, next_epoch: int, next_batch: int, *, completed_epoch: Optional[int] = None,
              name: str = LAST) -> None:
         """Official layout ({'base_model', 'optimizer', 'epoch', 'metrics', 'best_metrics'}) plus
-        what an exact resume needs: position in the data order, step, RNG states, config."""
+        what an exact resume needs: position in the data order, step, config, and every rank's
+        RNG state and unlogged loss sums (gathered to rank 0; all ranks call this for LAST)."""
+        rank_states = self._gather_rank_states() if name == LAST else [self._rank_state()]
         if not self.dist.main:
             return
         state = {
@@ -255,12 +297,34 @@ class Trainer:
             "next_epoch": next_epoch,
             "next_batch": next_batch,
             "global_step": self.global_step,
-            "rng": capture_rng(),
+            "rng": rank_states[0]["rng"],
+            "rank_states": rank_states,
+            "world_size": self.dist.world,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": self.config.to_dict(),
             "task": self.task,
         }
-        save_atomic(state, os.path.join(self.opts.out_dir, name))
+        path = os.path.join(self.opts.out_dir, name)
+        save_atomic(state, path)
+        self.logger.info(f"checkpoint {path}: step {self.global_step}, next epoch {next_epoch} "
+                         f"batch {next_batch}")
+        if self._backups_pending:
+            self._backups_pending = False
+            for backup in drop_backups(self.opts.out_dir):
+                self.logger.info(f"removed {backup}: this run has written its own checkpoint")
+
+    def _rank_state(self) -> dict:
+        return {"rng": capture_rng(), "meter": self.meter.state_dict()}
+
+    def _gather_rank_states(self) -> list[dict]:
+        """Every rank's _rank_state(), in rank order (on every rank)."""
+        if not self.dist.active:
+            return [self._rank_state()]
+        import torch.distributed as dist
+
+        states: list = [None] * self.dist.world
+        dist.all_gather_object(states, self._rank_state())
+        return states
 
     def _summary(self, epoch: int, *, interrupted: bool) -> dict:
         summary = {"epoch": epoch, "global_step": self.global_step, "best": self.best,

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from recon_fast.errors import ConfigError, DataError, DeviceError
+
 log = logging.getLogger("recon_fast")
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -34,6 +36,7 @@ class RunOptions:
     workers: int = 4
     seed: int = 0
     resume: bool = False  # continue from <out_dir>/ckpt-last.pth
+    overwrite: bool = False  # start over in an out_dir that holds a run (see train.rundir)
     init_ckpt: Optional[str] = None  # start from these weights (pretrained checkpoint)
     epochs: Optional[int] = None  # overrides max_epoch
     max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke runs)
@@ -44,6 +47,8 @@ class RunOptions:
     teacher_weights: Optional[str] = None  # CLIP weights file, "random", or None (local cache)
     image_teacher_weights: Optional[str] = None  # timm ViT teacher weights (default: as above)
     image_teacher: str = "cache"  # "cache" (centre-view features), "online" (official), "off"
+    data: Optional[str] = None  # "packed:<dir>": pretrain from packed shards (cached features)
+    skip_bad_shards: bool = False  # packed data: leave out shards that fail their checksums
     progress: bool = True
     tensorboard: bool = True
     validate_data: bool = False  # keep the ops' NaN/range checks on inside the step (host syncs)
@@ -85,7 +90,8 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was requested but CUDA is not available")
+            raise DeviceError(f"--device {name}: CUDA is not available on this machine "
+                              "(torch.cuda.is_available() is False); use --device cpu")
         if device.index is None and "LOCAL_RANK" in os.environ:
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
@@ -95,7 +101,7 @@ def resolve_device(name: str) -> torch.device:
 def autocast_context(amp: str, device: torch.device):
     """bf16 (or fp16) autocast for the forward pass; fp32 when off."""
     if amp not in AMP_CHOICES:
-        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+        raise ConfigError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else "off"
     if amp == "off":
@@ -195,7 +201,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, wo
                 dist_info: Dist) -> tuple[DataLoader, EpochSampler]:
     """A loader over (index, epoch) keys: shuffled, last partial batch dropped, only for train."""
     if len(dataset) == 0:
-        raise ValueError("the dataset is empty: check the dataset paths and split lists")
+        raise DataError("the dataset is empty: check the dataset paths and split lists")
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=dist_info.rank,
                            world=dist_info.world)
     batches = BatchSampler(sampler, batch_size, drop_last=train)
@@ -227,6 +233,11 @@ class Logger:
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
             log.addHandler(handler)
             self._handler = handler
+            # log.txt gets the info lines too (losses, lr, resume and checkpoint events), not
+            # only the warnings that the default WARNING level lets through.
+            self._previous_level = log.level
+            if log.getEffectiveLevel() > logging.INFO:
+                log.setLevel(logging.INFO)
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -257,6 +268,7 @@ class Logger:
         if self.main:
             log.removeHandler(self._handler)
             self._handler.close()
+            log.setLevel(self._previous_level)
 
 
 class Meter:
@@ -267,6 +279,16 @@ class Meter:
         self.count = 0
         self.samples = 0
         self.started = time.perf_counter()
+
+    def state_dict(self) -> dict:
+        """The unlogged window (for checkpoints: a resumed run logs the same averages)."""
+        return {"sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+                "count": self.count, "samples": self.samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        # 0-d CPU sums: adding the next step's device values moves them to the device.
+        self.sums = dict(state["sums"])
+        self.count, self.samples = int(state["count"]), int(state["samples"])
 
     def add(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
         for name, value in values.items():

@@ -7,6 +7,8 @@ from typing import Optional
 
 import torch
 
+from recon_fast.errors import ConfigError
+
 from recon_fast.train.config import Config
 from recon_fast.train.runtime import Logger, RunOptions
 
@@ -15,7 +17,7 @@ CLIP_NAMES = {"ViT-B/32": "ViT-B-32", "ViT-B/16": "ViT-B-16", "ViT-L/14": "ViT-L
 
 def _clip_name(official: str) -> str:
     if official not in CLIP_NAMES:
-        raise ValueError(f"text/image teacher {official!r} is not supported; use one of "
+        raise ConfigError(f"text/image teacher {official!r} is not supported; use one of "
                          f"{sorted(CLIP_NAMES)} or the timm ViT 'vit_base_patch16_224_in21k'")
     return CLIP_NAMES[official]
 
