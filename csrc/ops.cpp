@@ -34,4 +34,12 @@ TORCH_LIBRARY(recon_fast, m) {
         "(Tensor, Tensor, Tensor, Tensor)");
   m.def("chamfer_backward(Tensor grad_dist_xy, Tensor grad_dist_yx, Tensor x, Tensor y, "
         "Tensor idx_xy, Tensor idx_yx, int norm) -> (Tensor, Tensor)");
+
+  // Ball query: the first k points (in index order) with squared distance < radius^2 to each
+  // query. query (B, M, D), points (B, N, D), any D >= 1 -> dist (B, M, k) squared L2,
+  // idx (B, M, k); unused slots and padded queries get idx -1, dist 0 (pytorch3d's padding).
+  m.def("ball_query(Tensor query, Tensor points, Tensor query_lengths, Tensor point_lengths, "
+        "int k, float radius) -> (Tensor, Tensor)");
+  m.def("ball_query_backward(Tensor grad_dist, Tensor query, Tensor points, Tensor idx) -> "
+        "(Tensor, Tensor)");
 }

@@ -183,3 +183,29 @@ def group_reference(xyz: torch.Tensor, num_group: int, group_size: int, pointnet
     _, idx = knn_reference(center.detach(), xyz, group_size)
     neighborhood = gather_points_reference(xyz, idx) - center[:, :, None, :]
     return neighborhood, center
+
+
+def ball_query_reference(query, points, k, radius, query_lengths=None, point_lengths=None):
+    """Ball query of any point dimension D, one query at a time: the first k points in index
+    order with squared distance (summed over coordinates in order) < radius^2, the radius
+    rounded to the accumulation dtype before squaring; -1 / 0 elsewhere.
+    Returns (dists (B, M, k) in the input dtype, idx (B, M, k) int64)."""
+    B, M, D = query.shape
+    dtype = acc_dtype(query.dtype)
+    ql, pl = full_lengths(query, query_lengths), full_lengths(points, point_lengths)
+    q, p = query.detach().to(dtype).cpu(), points.detach().to(dtype).cpu()
+    r = torch.tensor(radius, dtype=dtype)
+    r2 = r * r
+    dists = torch.zeros(B, M, k, dtype=dtype)
+    idx = torch.full((B, M, k), -1, dtype=torch.int64)
+    for b in range(B):
+        diff = q[b, :, None, :] - p[b, None, : pl[b], :]  # (M, n, D)
+        sq = diff * diff
+        d = sq[..., 0]
+        for c in range(1, D):
+            d = d + sq[..., c]
+        for i in range(int(ql[b])):
+            inside = torch.nonzero(d[i] < r2).flatten()[:k]
+            idx[b, i, : len(inside)] = inside
+            dists[b, i, : len(inside)] = d[i, inside]
+    return dists.to(query.dtype), idx

@@ -11,7 +11,7 @@ import recon_fast
 from recon_fast import ops
 
 OPS = ["fps", "knn", "knn_backward", "gather_points", "gather_points_backward", "chamfer",
-       "chamfer_backward"]
+       "chamfer_backward", "ball_query", "ball_query_backward"]
 
 CUDA_BUILD = recon_fast.build_info()["cuda"]
 _skip_without_cuda_build = pytest.mark.skipif(

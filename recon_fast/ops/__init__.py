@@ -5,6 +5,7 @@ non-contiguous inputs and ragged batches (lengths), works under ``torch.compile`
 """
 
 from recon_fast.ops._validation import checks, set_checks
+from recon_fast.ops.ball_query import BallQuery, ball_query
 from recon_fast.ops.chamfer import Chamfer, chamfer, chamfer_distance
 from recon_fast.ops.fps import POINTNET2_MIN_NORM_SQ, fps
 from recon_fast.ops.gather_points import gather_points
@@ -13,5 +14,6 @@ from recon_fast.ops.knn import KNN, knn
 
 __all__ = [
     "fps", "knn", "KNN", "gather_points", "group", "Group", "chamfer", "Chamfer",
-    "chamfer_distance", "set_checks", "checks", "POINTNET2_MIN_NORM_SQ",
+    "chamfer_distance", "ball_query", "BallQuery", "set_checks", "checks",
+    "POINTNET2_MIN_NORM_SQ",
 ]
