@@ -62,6 +62,12 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     d.add_argument("--image-teacher", default="cache", choices=["cache", "online", "off"],
                    help="image targets: cached centre-view features (fast), the online teacher on "
                         "augmented renders (official), or no image distillation")
+    d.add_argument("--data", metavar="packed:DIR",
+                   help="pretrain from shards written by `recon-fast pack` (their cached teacher "
+                        "features replace the teachers; the config's dataset.train is not read)")
+    d.add_argument("--skip-bad-shards", action="store_true",
+                   help="--data packed:DIR: check every shard at start and leave out (and list) "
+                        "those that fail, instead of stopping")
     o = p.add_argument_group("output")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
@@ -78,7 +84,7 @@ def _options(args: argparse.Namespace):
         cache_dir=args.cache_dir, teacher_weights=args.teacher_weights,
         image_teacher_weights=args.image_teacher_weights, image_teacher=args.image_teacher,
         progress=not args.no_progress, tensorboard=not args.no_tensorboard,
-        validate_data=args.validate_data)
+        validate_data=args.validate_data, data=args.data, skip_bad_shards=args.skip_bad_shards)
 
 
 def _load(args: argparse.Namespace):
@@ -227,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--vote-rounds", type=int, default=1, help="voting rounds, best reported (vote)")
     _add_run_options(e, "runs/eval")
     e.set_defaults(func=_eval)
+
+    from recon_fast.cli_pack import add_pack_parser
+
+    add_pack_parser(sub)
 
     pr = sub.add_parser("presets", help="list the configs shipped with recon_fast")
     pr.set_defaults(func=_presets)

@@ -16,6 +16,7 @@ from recon_fast.train.config import Config, save_config
 from recon_fast.train.loop import (Trainer, apply_epoch_override, barrier_first,
                                    build_model_from_config)
 from recon_fast.train.runtime import RunOptions, make_loader, to_device
+from recon_fast.train.packed import packed_pretrain_data, packed_targets
 from recon_fast.train.teachers import build_teacher_targets
 
 
@@ -40,13 +41,21 @@ def run_pretrain(config: Config, opts: RunOptions, *, stop_after_steps: Optional
     trainer = Trainer(config, opts, task="pretrain")
     try:
         log = trainer.logger
-        dataset = barrier_first(trainer.dist, lambda: pretrain_dataset(config, opts, log.progress))
         batch_size = trainer.per_rank_batch(config.total_bs)
-        loader, sampler = make_loader(dataset, batch_size, train=True, seed=opts.seed,
-                                      workers=opts.workers, dist_info=trainer.dist)
+        if opts.data is not None:  # packed shards: cached teacher features, streamed order
+            dataset, loader, sampler = packed_pretrain_data(config, opts, trainer.dist,
+                                                            batch_size, log)
+        else:
+            dataset = barrier_first(trainer.dist,
+                                    lambda: pretrain_dataset(config, opts, log.progress))
+            loader, sampler = make_loader(dataset, batch_size, train=True, seed=opts.seed,
+                                          workers=opts.workers, dist_info=trainer.dist)
         model = build_model_from_config(config.model, opts).to(trainer.device)
-        targets = barrier_first(trainer.dist, lambda: build_teacher_targets(
-            config.model, opts, dataset, trainer.device, log))
+        if opts.data is not None:
+            targets = packed_targets(dataset, model, opts)
+        else:
+            targets = barrier_first(trainer.dist, lambda: build_teacher_targets(
+                config.model, opts, dataset, trainer.device, log))
         trainer.setup(model, finetune=False)
         if trainer.dist.main:
             save_config(config, os.path.join(opts.out_dir, "config.yaml"))
