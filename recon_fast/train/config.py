@@ -116,7 +116,7 @@ def _resolve_base(base: str, config_file: str) -> str:
             break
         folder = parent
     candidates += [os.path.join(os.getcwd(), base), os.path.join(PRESET_DIR, base),
-                   os.path.join(PRESET_DIR, os.path.basename(base))]
+                   preset_path(base), os.path.join(PRESET_DIR, os.path.basename(base))]
     for path in candidates:
         if os.path.isfile(path):
             return path
@@ -156,12 +156,19 @@ def _merge(base: dict, new: dict, config_file: str) -> dict:
     return base
 
 
+def preset_path(name: str) -> str:
+    """configs/<name>.yaml for a preset name such as "full/finetune_scan_hardest"; the official
+    spelling "cfgs/full/finetune_scan_hardest.yaml" names the same preset."""
+    name = name[len("cfgs/"):] if name.startswith("cfgs/") else name
+    return os.path.join(PRESET_DIR, name if name.endswith(".yaml") else name + ".yaml")
+
+
 def resolve_config_path(name_or_path: str) -> str:
-    """A path, or the name of a shipped preset (e.g. "embedded" -> configs/embedded.yaml)."""
+    """A file, else the shipped preset of that name ("embedded", "full/finetune_scan_hardest",
+    or an official path such as "cfgs/pretrain/base.yaml" when no such file exists here)."""
     if os.path.isfile(name_or_path):
         return name_or_path
-    preset = os.path.join(PRESET_DIR, name_or_path if name_or_path.endswith(".yaml")
-                          else name_or_path + ".yaml")
+    preset = preset_path(name_or_path)
     if os.path.isfile(preset):
         return preset
     raise ConfigError(f"config {name_or_path!r} is neither a file nor a preset "
@@ -169,9 +176,16 @@ def resolve_config_path(name_or_path: str) -> str:
 
 
 def list_presets() -> list[str]:
-    if not os.path.isdir(PRESET_DIR):
-        return []
-    return sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith(".yaml"))
+    """Runnable presets, e.g. "embedded", "full/finetune_scan_hardest" (the dataset files that
+    they include, dataset_configs/*, are not runs)."""
+    names = []
+    for folder, _, files in os.walk(PRESET_DIR):
+        rel = os.path.relpath(folder, PRESET_DIR)
+        if rel.split(os.sep)[0] == "dataset_configs":
+            continue
+        names += [os.path.normpath(os.path.join(rel, f[:-5])).replace(os.sep, "/")
+                  for f in files if f.endswith(".yaml")]
+    return sorted(names)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
