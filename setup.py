@@ -179,8 +179,7 @@ def build_extensions():
 ext_modules, cmdclass = build_extensions()
 
 setup(
-    packages=find_packages(include=["recon_fast", "recon_fast.*"]) + ["recon_fast.kernels"],
-    package_dir={"recon_fast.kernels": "kernels"},
+    packages=find_packages(include=["recon_fast", "recon_fast.*"]),
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

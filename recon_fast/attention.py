@@ -29,10 +29,7 @@ fake and autograd registrations, so it works under ``torch.compile``.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import sys
 from typing import Optional, Tuple
 
 import torch
@@ -54,26 +51,11 @@ _MAX_HEAD_DIM = 256
 # ---------------------------------------------------------------------------------------------
 
 def _load_kernels():
-    """recon_fast.kernels.recon_attention, from the same tree as this package.
+    """recon_fast.kernels.recon_attention, imported on first use (it imports triton, which is
+    slow to import and optional for the other backends)."""
+    from recon_fast.kernels import recon_attention
 
-    setup.py installs kernels/ as recon_fast.kernels. In a source checkout (used through
-    PYTHONPATH) the folder sits next to the package and is registered under that name here, ahead
-    of any other installed copy, so that the package and its kernels always come from one tree.
-    """
-    name = "recon_fast.kernels"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    folder = os.path.join(root, "kernels")
-    checkout = os.path.isfile(os.path.join(root, "setup.py")) and os.path.isfile(
-        os.path.join(folder, "recon_attention.py"))
-    loaded = sys.modules.get(name)
-    if checkout and (loaded is None or list(getattr(loaded, "__path__", [])) != [folder]):
-        spec = importlib.util.spec_from_file_location(
-            name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        setattr(sys.modules["recon_fast"], "kernels", module)
-    return importlib.import_module(name + ".recon_attention")
+    return recon_attention
 
 
 def _env_interpret() -> bool:

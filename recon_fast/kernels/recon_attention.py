@@ -48,7 +48,8 @@ LOG2E = tl.constexpr(LOG2E_VALUE)  # kernels may only read constexpr globals
 # tiles keep the backward's five live tiles (k, v, dk, dv, scores) in registers, and up to 128
 # keys run the forward softmax in one step (finetuning's 128 tokens). fp32 (IEEE) and fp64 dots
 # run on FMA units with twice the registers per element, so their tiles are smaller. Checked with
-# ptxas (`compile_check`): no spills on sm_90; on sm_80 the 16-bit backward at 64 x 64 spills 8 bytes.
+# ptxas (tests/triton_compile.py): no spills on sm_90; on sm_80 the 16-bit backward at 64 x 64
+# spills 8 bytes.
 BLOCK_CAPS = {2: (64, 128, 64), 4: (32, 32, 32), 8: (32, 32, 32)}
 # tl.dot needs every tile dimension >= 16.
 MIN_BLOCK = 16
@@ -341,8 +342,9 @@ def backward_meta(q_lens: Sequence[int], kv_len: int, head_dim: int, dtype: torc
 
 
 def _launch_options(meta: dict, dtype: torch.dtype, backward: bool) -> dict:
-    """Warps and pipelining picked with ptxas (`compile_check`) so that the ReCon shapes do not
-    spill registers on sm_90: the backward keeps five tiles live, fp32/fp64 tiles are twice as wide."""
+    """Warps and pipelining picked with ptxas (tests/triton_compile.py) so that the ReCon shapes do
+    not spill registers on sm_90: the backward keeps five tiles live, fp32/fp64 tiles are twice as
+    wide."""
     wide = dtype in (torch.float32, torch.float64)
     if backward:
         return dict(num_warps=8 if wide or meta["BLOCK_N"] >= 64 else 4, num_stages=1)
@@ -503,86 +505,10 @@ def attention_backward(roles: Sequence[Role], outs: Sequence[torch.Tensor], lses
         target.copy_(scratch)
 
 
-# ---------------------------------------------------------------------------------------------
-# Ahead-of-time compile check (no GPU needed)
-# ---------------------------------------------------------------------------------------------
-
-_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
-                 torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32"}
-
-
-def _specialised_source(launch: Launch):
-    """The launch as triton.compile input, specialised on its arguments the way a JIT launch is
-    (ints equal to 1 become constants; pointers and ints divisible by 16 are marked so)."""
-    from triton.compiler import ASTSource
-
-    signature, constants, attrs = {}, {}, {}
-    for index, name in enumerate(launch.kernel.arg_names):
-        value = launch.args[index] if index < len(launch.args) else launch.kwargs[name]
-        if index >= len(launch.args) or (isinstance(value, int) and value == 1):
-            signature[name], constants[name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name] = "*" + _TRITON_TYPES[value.dtype]
-            if value.data_ptr() % 16 == 0:
-                attrs[(index,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, float):
-            signature[name] = "fp32"
-        else:
-            signature[name] = "i32"
-            if value % 16 == 0:
-                attrs[(index,)] = [["tt.divisibility", 16]]
-    options = {key: launch.kwargs[key] for key in ("num_warps", "num_stages")}
-    return ASTSource(launch.kernel, signature, constexprs=constants, attrs=attrs), options
-
-
-def _register_usage(cubin: bytes) -> Optional[dict]:
-    """Registers and spill stack of a cubin, from the cuobjdump shipped with triton (or None)."""
-    import re
-    import subprocess
-    import tempfile
-
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not os.path.isfile(tool):
-        return None
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
-        handle.write(cubin)
-        handle.flush()
-        text = subprocess.run([tool, "-res-usage", handle.name], capture_output=True, text=True).stdout
-    found = re.search(r"REG:(\d+) STACK:(\d+)", text)
-    return None if found is None else {"registers": int(found.group(1)), "stack": int(found.group(2))}
-
-
-def compile_check(dtype: torch.dtype, batch: int, tokens: int, queries: Optional[int] = 3,
-                  heads: int = 6, head_dim: int = 64, arch: int = 90, ragged: bool = False) -> List[dict]:
-    """Compile the forward and backward launches of a ReCon block's attention for a CUDA arch
-    (80: Ampere, 90: Hopper) without a GPU: Triton's compiler and ptxas only.
-
-    Shapes follow the packed projections: self-attention over `tokens` patch tokens plus, unless
-    `queries` is None, cross-attention of `queries` global queries in the same launch. Returns per
-    kernel {"kernel", "shared", "registers", "stack"} (registers/stack None without cuobjdump).
-    Needs the compiler mode (TRITON_INTERPRET unset when triton was imported).
-    """
-    from triton.backends.compiler import GPUTarget
-
-    if INTERPRETED:
-        raise RuntimeError("compile_check needs triton imported without TRITON_INTERPRET=1")
-    width = heads * head_dim
-    packed = torch.zeros(batch, tokens, 3 * width, dtype=dtype).unflatten(2, (3, heads, head_dim))
-    roles = [Role(*packed.unbind(2))]
-    if queries is not None:
-        q = torch.zeros(batch, queries, heads, head_dim, dtype=dtype)
-        kv = torch.zeros(batch, tokens, 2 * width, dtype=dtype).unflatten(2, (2, heads, head_dim))
-        roles.append(Role(q, *kv.unbind(2)))
-    lengths = torch.full((batch,), tokens) if ragged else None
-    forward, results = _forward_launch(roles, lengths, head_dim ** -0.5)
-    grads = [RoleGrads(torch.empty_like(r.q), torch.empty_like(r.k), torch.empty_like(r.v)) for r in roles]
-    backward, _ = _backward_launch(roles, [o for o, _ in results], [lse for _, lse in results],
-                                   [torch.zeros_like(o) for o, _ in results], grads, lengths,
-                                   head_dim ** -0.5)
-    report = []
-    for launch in (forward, backward):
-        source, options = _specialised_source(launch)
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
-        usage = _register_usage(compiled.asm["cubin"]) or {"registers": None, "stack": None}
-        report.append({"kernel": launch.kernel.__name__, "shared": compiled.metadata.shared, **usage})
-    return report
+def __getattr__(name: str):
+    # Names this module used to hold: say where they live now.
+    if name == "compile_check":
+        raise AttributeError("compile_check (ahead-of-time compilation of the attention kernels "
+                             "for an arch, no GPU needed) moved out of the kernel file to "
+                             "tests/triton_compile.py in the recon_fast repository")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
