@@ -1,17 +1,31 @@
-"""Drop-in replacement for ``pointnet2_ops.pointnet2_utils`` (erikwijmans/Pointnet2_PyTorch).
+"""Drop-in replacement for ``pointnet2_ops`` (erikwijmans/Pointnet2_PyTorch).
 
 Swap ``from pointnet2_ops import pointnet2_utils`` for
-``from recon_fast.compat.pointnet2_ops import pointnet2_utils``. The namespace holds exactly
-the five functions below, with the original shapes, index dtype (int32) and autograd behaviour:
+``from recon_fast.compat.pointnet2_ops import pointnet2_utils`` (and ``pointnet2_modules``
+likewise), or call :func:`recon_fast.compat.install` to make ``import pointnet2_ops`` itself
+resolve here. ``pointnet2_utils`` holds every public name of the original module, with the
+original signatures, shapes, index dtype (int32) and autograd behaviour:
 
 - ``furthest_point_sample(xyz, npoint)`` -> (B, npoint) int32, starting at index 0 and never
   picking a point with squared norm <= 1e-3 after the start (the original CUDA kernel skips
   them; ReCon and Point-MAE sample their group centres with it).
 - ``gather_operation(features, idx)`` -> (B, C, npoint), differentiable w.r.t. ``features``.
 - ``grouping_operation(features, idx)`` -> (B, C, npoint, nsample), differentiable likewise.
+- ``ball_query(radius, nsample, xyz, new_xyz)`` -> (B, npoint, nsample) int32: the first
+  ``nsample`` points (in index order) with squared distance < radius^2, unused slots repeating
+  the first one found, index 0 throughout for an empty ball. Not differentiable.
 - ``three_nn(unknown, known)`` -> (Euclidean distances, int32 indices) of the 3 nearest known
   points, neither differentiable.
-- ``three_interpolate(features, idx, weight)`` -> (B, C, n), differentiable w.r.t. ``features``.
+- ``three_interpolate(features, idx, weight)`` -> (B, C, n), differentiable w.r.t. ``features``;
+  ``weight`` gets a zero gradient, as the original's backward returns ``zeros_like(weight)``.
+- the ``autograd.Function`` classes behind them (``FurthestPointSampling``,
+  ``GatherOperation``, ``GroupingOperation``, ``BallQuery``, ``ThreeNN``, ``ThreeInterpolate``;
+  ``X.apply`` takes the function's arguments) and the grouping modules ``QueryAndGroup(radius,
+  nsample, use_xyz=True)`` and ``GroupAll(use_xyz=True)``.
+
+``pointnet2_modules`` (:mod:`recon_fast.compat.pointnet2_modules`) holds ``build_shared_mlp``,
+``PointnetSAModuleMSG``, ``PointnetSAModule`` and ``PointnetFPModule`` with the original
+parameter names, so the original checkpoints load.
 
 Differences from the original, all in the direction of accepting more:
 
@@ -19,14 +33,14 @@ Differences from the original, all in the direction of accepting more:
   Outputs keep the input's float dtype; halves accumulate in float32.
 - Non-contiguous inputs are fine; indices may be int32 or int64.
 - Bad arguments raise ``ValueError`` naming the argument: ``npoint`` above N (the original then
-  repeats indices), indices outside [-1, N) (the original reads out of bounds), empty ``known``.
-  Index -1 gathers a row of zeros.
+  repeats indices), indices outside [-1, N) (the original reads out of bounds), empty ``known``,
+  a negative radius. Index -1 gathers a row of zeros.
 - Exact distance ties go to the lowest index (the CUDA kernels break them by thread order).
-- ``three_interpolate`` gives ``weight`` no gradient, as the original (whose backward returns
-  zeros for it); ``weight.grad`` stays None rather than being filled with zeros.
-
-Names the original module also has (``ball_query``, ``QueryAndGroup``, ``GroupAll``, the
-``autograd.Function`` classes) are not provided, so code that needs them fails at the lookup.
+- Distances are computed without fused multiply-adds, so a point exactly on a ball's boundary
+  (up to the last bit) may be in or out where the original's contracted arithmetic decides
+  the other way.
+- ``QueryAndGroup`` without features and ``use_xyz=False`` raises ``ValueError`` (the original
+  asserts).
 """
 
 from __future__ import annotations
@@ -34,8 +48,11 @@ from __future__ import annotations
 import types
 
 import torch
+from torch import nn
 
 from recon_fast.ops import POINTNET2_MIN_NORM_SQ, fps, gather_points, knn
+from recon_fast.ops import ball_query as ops_ball_query
+from recon_fast.ops.ball_query import check_radius, pad_with_first
 from recon_fast.ops._validation import FLOAT_DTYPES, check_count, check_points, describe
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
@@ -139,21 +156,9 @@ def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, 
     return dist, idx.to(torch.int32)
 
 
-def three_interpolate(features: torch.Tensor, idx: torch.Tensor,
-                      weight: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of three features per target point.
-
-    ``out[b, :, j] = sum_k features[b, :, idx[b, j, k]] * weight[b, j, k]``.
-
-    Args:
-        features: (B, C, m) source features.
-        idx: (B, n, 3) int32/int64 indices into m (from :func:`three_nn`).
-        weight: (B, n, 3) float weights.
-
-    Returns:
-        (B, C, n) in the dtype of ``features`` (halves accumulate in float32). Differentiable
-        w.r.t. ``features`` only: ``weight`` is treated as a constant, as in pointnet2_ops.
-    """
+def _interpolate_three(features: torch.Tensor, idx: torch.Tensor,
+                       weight: torch.Tensor) -> torch.Tensor:
+    """The forward of :func:`three_interpolate`, arguments checked."""
     _check_features(features)
     B = features.shape[0]
     _check_index(idx, "idx", 3, B, features.device, "(B, n, 3)")
@@ -168,17 +173,266 @@ def three_interpolate(features: torch.Tensor, idx: torch.Tensor,
         raise ValueError(f"weight is on {weight.device} but features is on {features.device}")
     acc = torch.float64 if features.dtype == torch.float64 else torch.float32
     neighbours = gather_points(features.transpose(1, 2), idx)  # (B, n, 3, C)
-    mixed = (neighbours.to(acc) * weight.detach().to(acc).unsqueeze(3)).sum(2)  # (B, n, C)
+    mixed = (neighbours.to(acc) * weight.to(acc).unsqueeze(3)).sum(2)  # (B, n, C)
     return mixed.to(features.dtype).transpose(1, 2).contiguous()  # (B, C, n)
 
 
-pointnet2_utils = types.ModuleType(
-    "pointnet2_utils", "pointnet2_ops.pointnet2_utils replacement backed by recon_fast.ops.")
-for _function in (furthest_point_sample, gather_operation, grouping_operation, three_nn,
-                  three_interpolate):
-    setattr(pointnet2_utils, _function.__name__, _function)
-pointnet2_utils.__all__ = ["furthest_point_sample", "gather_operation", "grouping_operation",
-                           "three_nn", "three_interpolate"]
-del _function
+# --------------------------------------------------------------------------------------------
+# autograd.Function classes under the original names; the functions below call them
+# --------------------------------------------------------------------------------------------
 
-__all__ = ["pointnet2_utils", *pointnet2_utils.__all__]
+def _scatter_rows(rows: torch.Tensor, idx: torch.Tensor, num_points: int) -> torch.Tensor:
+    """rows (B, S, C), idx (B, S) -> (B, num_points, C): rows added into their indices (-1 is
+    dropped), accumulated in float32 for half types."""
+    return torch.ops.recon_fast.gather_points_backward(rows.contiguous(), idx.long().contiguous(),
+                                                       num_points)
+
+
+class FurthestPointSampling(torch.autograd.Function):
+    """``FurthestPointSampling.apply(xyz, npoint)``: see :func:`furthest_point_sample`."""
+
+    @staticmethod
+    def forward(ctx, xyz, npoint):
+        out = _furthest_point_sample(xyz, npoint)
+        ctx.mark_non_differentiable(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return None, None
+
+
+class GatherOperation(torch.autograd.Function):
+    """``GatherOperation.apply(features, idx)``: see :func:`gather_operation`."""
+
+    @staticmethod
+    def forward(ctx, features, idx):
+        out = _gather_operation(features, idx)  # checks the arguments first
+        ctx.save_for_backward(idx)
+        ctx.num_points = features.shape[2]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (idx,) = ctx.saved_tensors
+        rows = grad_out.transpose(1, 2)  # (B, npoint, C)
+        grad = _scatter_rows(rows, idx, ctx.num_points)  # (B, N, C)
+        return grad.transpose(1, 2), None
+
+
+class GroupingOperation(torch.autograd.Function):
+    """``GroupingOperation.apply(features, idx)``: see :func:`grouping_operation`."""
+
+    @staticmethod
+    def forward(ctx, features, idx):
+        out = _grouping_operation(features, idx)  # checks the arguments first
+        ctx.save_for_backward(idx)
+        ctx.num_points = features.shape[2]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (idx,) = ctx.saved_tensors
+        B, C = grad_out.shape[:2]
+        rows = grad_out.reshape(B, C, -1).transpose(1, 2)  # (B, npoint * nsample, C)
+        grad = _scatter_rows(rows, idx.reshape(B, -1), ctx.num_points)  # (B, N, C)
+        return grad.transpose(1, 2), None
+
+
+class ThreeNN(torch.autograd.Function):
+    """``ThreeNN.apply(unknown, known)``: see :func:`three_nn`."""
+
+    @staticmethod
+    def forward(ctx, unknown, known):
+        dist, idx = _three_nn(unknown, known)
+        ctx.mark_non_differentiable(dist, idx)
+        return dist, idx
+
+    @staticmethod
+    def backward(ctx, grad_dist, grad_idx):
+        return None, None
+
+
+class ThreeInterpolate(torch.autograd.Function):
+    """``ThreeInterpolate.apply(features, idx, weight)``: see :func:`three_interpolate`."""
+
+    @staticmethod
+    def forward(ctx, features, idx, weight):
+        out = _interpolate_three(features, idx, weight)  # checks the arguments first
+        ctx.save_for_backward(idx, weight)
+        ctx.num_points = features.shape[2]
+        ctx.features_dtype = features.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        idx, weight = ctx.saved_tensors
+        B, C, n = grad_out.shape
+        acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+        g = grad_out.transpose(1, 2).to(acc)  # (B, n, C)
+        rows = g[:, :, None, :] * weight.to(acc)[..., None]  # (B, n, 3, C)
+        grad = _scatter_rows(rows.reshape(B, n * 3, C), idx.reshape(B, n * 3), ctx.num_points)
+        grad_features = grad.to(ctx.features_dtype).transpose(1, 2)  # (B, C, m)
+        # The original's backward returns zeros for weight, so weight.grad becomes zeros.
+        return grad_features, None, torch.zeros_like(weight)
+
+
+class BallQuery(torch.autograd.Function):
+    """``BallQuery.apply(radius, nsample, xyz, new_xyz)``: see :func:`ball_query`."""
+
+    @staticmethod
+    def forward(ctx, radius, nsample, xyz, new_xyz):
+        out = _ball_query(radius, nsample, xyz, new_xyz)
+        ctx.mark_non_differentiable(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Public functions (the original binds them to Function.apply; these keep the docstrings)
+# --------------------------------------------------------------------------------------------
+
+_furthest_point_sample = furthest_point_sample
+_gather_operation = gather_operation
+_grouping_operation = grouping_operation
+_three_nn = three_nn
+
+
+def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:  # noqa: F811
+    return FurthestPointSampling.apply(xyz, npoint)
+
+
+def gather_operation(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # noqa: F811
+    return GatherOperation.apply(features, idx)
+
+
+def grouping_operation(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # noqa: F811
+    return GroupingOperation.apply(features, idx)
+
+
+def three_nn(unknown: torch.Tensor,  # noqa: F811
+             known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return ThreeNN.apply(unknown, known)
+
+
+for _public, _impl in ((furthest_point_sample, _furthest_point_sample),
+                       (gather_operation, _gather_operation),
+                       (grouping_operation, _grouping_operation), (three_nn, _three_nn)):
+    _public.__doc__ = _impl.__doc__
+del _public, _impl
+
+
+def three_interpolate(features: torch.Tensor, idx: torch.Tensor,
+                      weight: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of three features per target point.
+
+    ``out[b, :, j] = sum_k features[b, :, idx[b, j, k]] * weight[b, j, k]``.
+
+    Args:
+        features: (B, C, m) source features.
+        idx: (B, n, 3) int32/int64 indices into m (from :func:`three_nn`).
+        weight: (B, n, 3) float weights.
+
+    Returns:
+        (B, C, n) in the dtype of ``features`` (halves accumulate in float32). Differentiable
+        w.r.t. ``features``; ``weight`` receives a zero gradient, as in pointnet2_ops.
+    """
+    return ThreeInterpolate.apply(features, idx, weight)
+
+
+def _ball_query(radius: float, nsample: int, xyz: torch.Tensor,
+                new_xyz: torch.Tensor) -> torch.Tensor:
+    check_points(xyz, "xyz")
+    check_points(new_xyz, "new_xyz")
+    nsample = check_count(nsample, "nsample", 1, 2**31 - 1, "points kept per ball")
+    with torch.no_grad():
+        found = ops_ball_query(new_xyz, xyz, nsample, check_radius(radius))
+    return pad_with_first(found.idx).to(torch.int32)
+
+
+def ball_query(radius: float, nsample: int, xyz: torch.Tensor,
+               new_xyz: torch.Tensor) -> torch.Tensor:
+    """Ball query with pointnet2_ops' semantics.
+
+    Args:
+        radius: ball radius (>= 0); a point is inside when its squared distance < radius^2.
+        nsample: the most points kept per ball.
+        xyz: (B, N, 3) points; new_xyz: (B, npoint, 3) ball centres.
+
+    Returns:
+        (B, npoint, nsample) int32: the first ``nsample`` points inside each ball in index
+        order; unused slots repeat the first one, and an empty ball is all index 0 (as the
+        original, whose output starts as zeros). Not differentiable.
+    """
+    return BallQuery.apply(radius, nsample, xyz, new_xyz)
+
+
+# --------------------------------------------------------------------------------------------
+# Grouping modules
+# --------------------------------------------------------------------------------------------
+
+class QueryAndGroup(nn.Module):
+    """Ball-query grouping: centred neighbour coordinates, then their features.
+
+    ``forward(xyz (B, N, 3), new_xyz (B, npoint, 3), features (B, C, N) or None)`` ->
+    (B, 3 + C, npoint, nsample) with ``use_xyz`` (B, C, ... without; (B, 3, ...) without
+    features).
+    """
+
+    def __init__(self, radius: float, nsample: int, use_xyz: bool = True):
+        super().__init__()
+        self.radius, self.nsample, self.use_xyz = radius, nsample, use_xyz
+
+    def forward(self, xyz, new_xyz, features=None):
+        if features is None and not self.use_xyz:
+            raise ValueError("QueryAndGroup needs features when use_xyz is False: there would "
+                             "be nothing to group")
+        idx = ball_query(self.radius, self.nsample, xyz, new_xyz)  # (B, npoint, nsample)
+        grouped_xyz = grouping_operation(xyz.transpose(1, 2), idx)  # (B, 3, npoint, nsample)
+        grouped_xyz = grouped_xyz - new_xyz.transpose(1, 2).unsqueeze(-1)
+        if features is None:
+            return grouped_xyz
+        grouped_features = grouping_operation(features, idx)  # (B, C, npoint, nsample)
+        if not self.use_xyz:
+            return grouped_features
+        return torch.cat([grouped_xyz, grouped_features], dim=1)  # (B, 3 + C, npoint, nsample)
+
+
+class GroupAll(nn.Module):
+    """One group holding every point: ``forward(xyz (B, N, 3), new_xyz (ignored), features
+    (B, C, N) or None)`` -> (B, 3 + C, 1, N) with ``use_xyz`` ((B, C, 1, N) without,
+    (B, 3, 1, N) without features)."""
+
+    def __init__(self, use_xyz: bool = True):
+        super().__init__()
+        self.use_xyz = use_xyz
+
+    def forward(self, xyz, new_xyz=None, features=None):
+        grouped_xyz = xyz.transpose(1, 2).unsqueeze(2)  # (B, 3, 1, N)
+        if features is None:
+            return grouped_xyz
+        grouped_features = features.unsqueeze(2)  # (B, C, 1, N)
+        if not self.use_xyz:
+            return grouped_features
+        return torch.cat([grouped_xyz, grouped_features], dim=1)  # (B, 3 + C, 1, N)
+
+
+_PUBLIC = [furthest_point_sample, gather_operation, grouping_operation, ball_query, three_nn,
+           three_interpolate, FurthestPointSampling, GatherOperation, GroupingOperation,
+           BallQuery, ThreeNN, ThreeInterpolate, QueryAndGroup, GroupAll]
+
+pointnet2_utils = types.ModuleType(
+    "pointnet2_ops.pointnet2_utils",
+    "pointnet2_ops.pointnet2_utils replacement backed by recon_fast.ops.")
+for _name in _PUBLIC:
+    setattr(pointnet2_utils, _name.__name__, _name)
+pointnet2_utils.__all__ = [f.__name__ for f in _PUBLIC]
+del _name
+
+__all__ = ["pointnet2_utils", "pointnet2_modules", *pointnet2_utils.__all__]
+
+# Imported last: the modules are built from pointnet2_utils above.
+from recon_fast.compat import pointnet2_modules  # noqa: E402

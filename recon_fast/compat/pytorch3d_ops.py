@@ -1,20 +1,28 @@
 """Drop-in replacements for pytorch3d's point ops and Chamfer loss (pytorch3d 0.7.9).
 
-Swap ``from pytorch3d.ops import knn_points, knn_gather, sample_farthest_points`` and
-``from pytorch3d.loss import chamfer_distance`` for imports from this module. Signatures,
-defaults, return types, padding values, reductions and the ``ValueError`` cases follow
-pytorch3d 0.7.9 (``pytorch3d/ops/knn.py``, ``ops/sample_farthest_points.py``,
-``loss/chamfer.py``).
+Swap ``from pytorch3d.ops import knn_points, knn_gather, sample_farthest_points, ball_query``
+and ``from pytorch3d.loss import chamfer_distance`` for imports from this module, or call
+:func:`recon_fast.compat.install` to make ``pytorch3d.ops`` / ``pytorch3d.loss`` resolve here.
+Signatures, defaults, return types, padding values, reductions and the ``ValueError`` cases
+follow pytorch3d 0.7.9 (``pytorch3d/ops/knn.py``, ``ops/ball_query.py``,
+``ops/sample_farthest_points.py``, ``loss/chamfer.py``). Every ``ValueError`` pytorch3d raises
+starts with pytorch3d's own text (so tests matching it keep passing), followed in parentheses
+by the argument and the value seen.
 
 Differences, mostly in the direction of accepting more:
 
-- Points must be 3-D (D = 3): our kernels are specialised for xyz. Other D raise ``ValueError``
-  (``knn_gather`` gathers features of any width).
+- ``ball_query`` takes any D. ``knn_points``, ``sample_farthest_points`` and
+  ``chamfer_distance`` take D = 1, 2 or 3: smaller D is zero-padded to 3, which keeps every
+  distance exact; D > 3 raises ``ValueError`` until the kNN/FPS/Chamfer kernels take any
+  dimension (pytorch3d takes any D). ``knn_gather`` gathers features of any width.
 - float16/bfloat16/float64 are accepted (pytorch3d: float32; its farthest point sampling
   casts everything to float32). Outputs keep the input dtype, except ``chamfer_distance``,
   which computes and returns half inputs in float32.
-- ``knn_points`` ignores ``version`` (one implementation) and always sorts, also with
-  ``return_sorted=False`` (any order is allowed then).
+- ``knn_points`` ignores ``version`` (one implementation) and always sorts: with
+  ``return_sorted=False`` pytorch3d leaves the order of the K neighbours unspecified, so the
+  sorted order is one valid answer (the same set of neighbours either way).
+- ``ball_query``'s ``skip_points_outside_cube`` is accepted and changes nothing: a point
+  outside the cube is outside the ball, and the kernel already stops at K hits.
 - Exact distance ties go to the lowest index everywhere (pytorch3d's CUDA kernels may differ).
 - The norm=1 gradient at exactly equal coordinates is 0 rather than pytorch3d's -1 sign.
 - ``Pointclouds`` inputs to ``chamfer_distance`` are read through their ``points_padded()``,
@@ -30,8 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recon_fast.compat._points import as_xyz
+from recon_fast.ops import ball_query as ops_ball_query
 from recon_fast.ops import chamfer, fps, gather_points, knn
 from recon_fast.ops._validation import check_pair, check_points, describe, lengths_or_full
+
+# pytorch3d's message first (its users' tests match it), then ours with the value seen.
+_NORM_ERROR = "Support for 1 or 2 norm. (norm must be 1 (L1) or 2 (squared L2), got {norm!r})"
 
 _KNN = namedtuple("KNN", "dists idx knn")
 _KNN.__doc__ = ("knn_points result: dists (N, P1, K), idx (N, P1, K) int64, "
@@ -49,11 +62,13 @@ def _check_same_layout(p1, p2) -> None:
             seen = describe(t) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{name} must have shape (N, P, D), got {seen}")
     if p1.shape[0] != p2.shape[0]:
-        raise ValueError(f"p1 and p2 must have the same batch dimension, got shapes "
-                         f"{tuple(p1.shape)} and {tuple(p2.shape)}")
+        raise ValueError(f"pts1 and pts2 must have the same batch dimension. (p1 and p2 must "
+                         f"have the same batch dimension, got shapes {tuple(p1.shape)} and "
+                         f"{tuple(p2.shape)})")
     if p1.shape[2] != p2.shape[2]:
-        raise ValueError(f"p1 and p2 must have the same point dimension, got shapes "
-                         f"{tuple(p1.shape)} and {tuple(p2.shape)}")
+        raise ValueError(f"pts1 and pts2 must have the same point dimension. (p1 and p2 must "
+                         f"have the same point dimension, got shapes {tuple(p1.shape)} and "
+                         f"{tuple(p2.shape)})")
 
 
 def _pad_last(t: torch.Tensor, size: int) -> torch.Tensor:
@@ -84,13 +99,12 @@ def knn_points(p1: torch.Tensor, p2: torch.Tensor, lengths1: Optional[torch.Tens
         i >= lengths1[n] hold distance 0 and index 0 (pytorch3d's padding, not -1).
     """
     _check_same_layout(p1, p2)
-    if p1.shape[2] != 3:
-        raise ValueError(f"only 3-D points are supported (D = 3), got p1 {describe(p1)}")
-    check_points(p1, "p1")
-    check_points(p2, "p2")
-    check_pair(p1, "p1", p2, "p2")
     if norm not in (1, 2):
-        raise ValueError(f"norm must be 1 (L1) or 2 (squared L2), got {norm!r}")
+        raise ValueError(_NORM_ERROR.format(norm=norm))
+    p1_xyz, p2_xyz = as_xyz(p1, "p1"), as_xyz(p2, "p2")
+    check_points(p1_xyz, "p1")
+    check_points(p2_xyz, "p2")
+    check_pair(p1, "p1", p2, "p2")
     K = int(K) if isinstance(K, np.integer) else K
     if isinstance(K, bool) or not isinstance(K, int) or K < 1:
         raise ValueError(f"K must be an int >= 1, got {K!r}")
@@ -104,7 +118,7 @@ def knn_points(p1: torch.Tensor, p2: torch.Tensor, lengths1: Optional[torch.Tens
         dists = (p1.sum(2, keepdim=True) * 0).expand(N, P1, K).contiguous()
         idx = torch.zeros(N, P1, K, dtype=torch.int64, device=p1.device)
     else:
-        found = knn(p1, p2, min(K, P2), lengths1, lengths2, norm=norm)
+        found = knn(p1_xyz, p2_xyz, min(K, P2), lengths1, lengths2, norm=norm)
         dists = _pad_last(found.dists, K)  # (N, P1, K)
         idx = _pad_last(found.idx, K).clamp_min(0)  # pytorch3d pads indices with 0
     nn = knn_gather(p2, idx, lengths2) if return_nn else None
@@ -128,8 +142,8 @@ def knn_gather(x: torch.Tensor, idx: torch.Tensor,
         seen = describe(idx) if isinstance(idx, torch.Tensor) else type(idx).__name__
         raise ValueError(f"idx must have shape (N, L, K), got {seen}")
     if idx.shape[0] != x.shape[0]:
-        raise ValueError(f"x and idx must have the same batch dimension, got x {describe(x)} "
-                         f"and idx {describe(idx)}")
+        raise ValueError(f"x and idx must have same batch dimension. (got x {describe(x)} "
+                         f"and idx {describe(idx)})")
     lengths = lengths_or_full(lengths, "lengths", x, "x")
     N, L, K = idx.shape
     if x.shape[1] == 0:  # nothing to gather: every slot is beyond the (zero) lengths
@@ -137,6 +151,37 @@ def knn_gather(x: torch.Tensor, idx: torch.Tensor,
     out = gather_points(x, idx)  # (N, L, K, U)
     beyond = torch.arange(K, device=x.device)[None, :] >= lengths[:, None]  # (N, K)
     return out.masked_fill(beyond[:, None, :, None], 0)
+
+
+# --------------------------------------------------------------------------------------------
+# ball_query
+# --------------------------------------------------------------------------------------------
+
+def ball_query(p1: torch.Tensor, p2: torch.Tensor, lengths1: Optional[torch.Tensor] = None,
+               lengths2: Optional[torch.Tensor] = None, K: int = 500, radius: float = 0.2,
+               return_nn: bool = True, skip_points_outside_cube: bool = False) -> _KNN:
+    """The first K points of ``p2`` (in index order) within ``radius`` of each point of ``p1``,
+    as pytorch3d's ball_query.
+
+    Args:
+        p1: (N, P1, D) ball centres; p2: (N, P2, D) candidates, any D, same dtype and device.
+        lengths1, lengths2: optional (N,) valid sizes of the padded clouds.
+        K: the most neighbours per centre; radius: a point is inside when its squared
+            distance < radius^2.
+        return_nn: also return the neighbour coordinates.
+        skip_points_outside_cube: accepted for compatibility; the result is the same.
+
+    Returns:
+        KNN(dists, idx, knn): dists (N, P1, K) squared distances, differentiable w.r.t. p1 and
+        p2; idx (N, P1, K) int64; knn (N, P1, K, D) or None. Unused slots and rows with
+        i >= lengths1[n] hold distance 0, index -1 and zero coordinates.
+    """
+    _check_same_layout(p1, p2)
+    K = int(K) if isinstance(K, np.integer) else K
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ValueError(f"K must be an int >= 1, got {K!r}")
+    found = ops_ball_query(p1, p2, K, radius, lengths1, lengths2, return_nn=return_nn)
+    return _KNN(dists=found.dists, idx=found.idx, knn=found.knn)
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,8 +203,8 @@ def _per_cloud_counts(K, N: int, device: torch.device) -> Tuple[torch.Tensor, in
     else:
         raise ValueError(f"K must be an int, a list or an (N,) tensor, got {type(K).__name__}")
     if counts.dim() != 1 or counts.shape[0] != N:
-        raise ValueError(f"K and points must have the same batch dimension N = {N}, got K with "
-                         f"shape {tuple(counts.shape)}")
+        raise ValueError(f"K and points must have the same batch dimension (N = {N}, got K "
+                         f"with shape {tuple(counts.shape)})")
     if (isinstance(K, int) and K < 0) or (N > 0 and int(counts.min()) < 0):
         raise ValueError(f"K must be >= 0, got {K if isinstance(K, int) else counts.tolist()}")
     max_count = K if isinstance(K, int) else (int(counts.max()) if N > 0 else 0)
@@ -201,9 +246,16 @@ def sample_farthest_points(points: torch.Tensor, lengths: Optional[torch.Tensor]
         seen = describe(points) if isinstance(points, torch.Tensor) else type(points).__name__
         raise ValueError(f"points must have shape (N, P, D), got {seen}")
     N, P, D = points.shape
-    if D != 3:
-        raise ValueError(f"only 3-D points are supported (D = 3), got points {describe(points)}")
+    xyz = as_xyz(points, "points")
     constant_length = lengths is None
+    lengths = None if lengths is None else torch.as_tensor(lengths)
+    if lengths is not None and lengths.shape != (N,):
+        seen = describe(lengths)
+        raise ValueError(f"points and lengths must have same batch dimension. (lengths must "
+                         f"have shape (N,) = ({N},), got {seen})")
+    if lengths is not None and N > 0 and int(lengths.max()) > P:
+        raise ValueError(f"A value in lengths was too large. (lengths must lie in [0, {P}], "
+                         f"the padded size of points; got {lengths.tolist()})")
     lengths = lengths_or_full(lengths, "lengths", points, "points")
     counts, max_count = _per_cloud_counts(K, N, points.device)
     if P == 0 and max_count > 0:
@@ -211,7 +263,7 @@ def sample_farthest_points(points: torch.Tensor, lengths: Optional[torch.Tensor]
                          f"got {describe(points)}")
     start = _start_indices(lengths, P, random_start_point, constant_length)
 
-    idx = fps(points, min(max_count, P), lengths, start_idx=start)  # (N, min(max K, P))
+    idx = fps(xyz, min(max_count, P), lengths, start_idx=start)  # (N, min(max K, P))
     idx = torch.cat([idx, idx.new_full((N, max_count - idx.shape[1]), -1)], dim=1)
     slot = torch.arange(max_count, device=points.device)[None, :]
     idx = idx.masked_fill(slot >= counts[:, None], -1)  # (N, max K)
@@ -226,14 +278,15 @@ def sample_farthest_points(points: torch.Tensor, lengths: Optional[torch.Tensor]
 
 def _check_reductions(batch_reduction, point_reduction) -> None:
     if batch_reduction is not None and batch_reduction not in ("mean", "sum"):
-        raise ValueError(f'batch_reduction must be one of ["mean", "sum"] or None, '
-                         f'got {batch_reduction!r}')
+        raise ValueError(f'batch_reduction must be one of ["mean", "sum"] or None '
+                         f'(got {batch_reduction!r})')
     if point_reduction is not None and point_reduction not in ("mean", "sum", "max"):
-        raise ValueError(f'point_reduction must be one of ["mean", "sum", "max"] or None, '
-                         f'got {point_reduction!r}')
+        raise ValueError(f'point_reduction must be one of ["mean", "sum", "max"] or None '
+                         f'(got {point_reduction!r})')
     if point_reduction is None and batch_reduction is not None:
-        raise ValueError(f"batch_reduction must be None if point_reduction is None, "
-                         f"got {batch_reduction!r}")
+        raise ValueError(f"Batch reduction must be None if point_reduction is None (the "
+                         f"batch_reduction must be None if point_reduction is None, got "
+                         f"{batch_reduction!r})")
 
 
 def _cloud_input(points, lengths, normals, name: str):
@@ -241,18 +294,24 @@ def _cloud_input(points, lengths, normals, name: str):
     if hasattr(points, "points_padded") and not isinstance(points, torch.Tensor):
         return points.points_padded(), points.num_points_per_cloud(), points.normals_padded()
     if not isinstance(points, torch.Tensor):
-        raise ValueError(f"{name} must be a Pointclouds object or a torch.Tensor of shape "
-                         f"(N, P, 3), got {type(points).__name__}")
+        raise ValueError(f"The input pointclouds should be either Pointclouds objects or "
+                         f"torch.Tensor of shape (minibatch, num_points, 3). ({name} must be a "
+                         f"Pointclouds object or a torch.Tensor, got {type(points).__name__})")
     if points.dim() != 3:
-        raise ValueError(f"{name} must have shape (N, P, D), got {describe(points)}")
+        raise ValueError(f"Expected points to be of shape (N, P, D) ({name} must have shape "
+                         f"(N, P, D), got {describe(points)})")
     if lengths is not None:
         lengths = torch.as_tensor(lengths)
         if lengths.dim() != 1 or lengths.shape[0] != points.shape[0]:
-            raise ValueError(f"{name}_lengths must have shape (N,) = ({points.shape[0]},), "
-                             f"got {describe(lengths)}")
+            raise ValueError(f"Expected lengths to be of shape (N,) ({name}_lengths must have "
+                             f"shape (N,) = ({points.shape[0]},), got {describe(lengths)})")
+        if lengths.numel() > 0 and int(lengths.max()) > points.shape[1]:
+            raise ValueError(f"A length value was too long ({name}_lengths must lie in "
+                             f"[0, {points.shape[1]}], got {lengths.tolist()})")
     if normals is not None and (not isinstance(normals, torch.Tensor) or normals.dim() != 3):
-        raise ValueError(f"{name}_normals must have shape (N, P, 3), got "
-                         f"{describe(normals) if isinstance(normals, torch.Tensor) else normals!r}")
+        seen = describe(normals) if isinstance(normals, torch.Tensor) else type(normals).__name__
+        raise ValueError(f"Expected normals to be of shape (N, P, 3 ({name}_normals must have "
+                         f"shape (N, P, 3), got {seen})")
     return points, lengths, normals
 
 
@@ -270,11 +329,11 @@ def _check_weights(weights, N: int, device: torch.device) -> None:
     if not isinstance(weights, torch.Tensor) or weights.dim() < 1 or weights.shape[0] != N \
             or weights.numel() != N:
         seen = describe(weights) if isinstance(weights, torch.Tensor) else type(weights).__name__
-        raise ValueError(f"weights must be of shape (N,) = ({N},), got {seen}")
+        raise ValueError(f"weights must be of shape (N,). (N = {N}, got {seen})")
     if weights.device != device:
         raise ValueError(f"weights is on {weights.device} but x is on {device}")
     if not bool((weights >= 0).all()):
-        raise ValueError(f"weights cannot be negative, got {weights.tolist()}")
+        raise ValueError(f"weights cannot be negative. (got {weights.tolist()})")
 
 
 def _zero_weight_terms(points: torch.Tensor, weights: torch.Tensor):
@@ -387,18 +446,20 @@ def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_nor
     """
     _check_reductions(batch_reduction, point_reduction)
     if norm not in (1, 2):
-        raise ValueError(f"norm must be 1 (L1) or 2 (squared L2), got {norm!r}")
+        raise ValueError(_NORM_ERROR.format(norm=norm))
     if point_reduction == "max" and (x_normals is not None or y_normals is not None):
-        raise ValueError('normals must be None if point_reduction is "max"')
+        raise ValueError('Normals must be None if point_reduction is "max" (normals must be '
+                         'None for the Hausdorff reduction)')
     x, x_lengths, x_normals = _cloud_input(x, x_lengths, x_normals, "x")
     y, y_lengths, y_normals = _cloud_input(y, y_lengths, y_normals, "y")
     N = x.shape[0]
     if y.shape[0] != N or y.shape[2] != x.shape[2]:
-        raise ValueError(f"y does not have the correct shape: x {describe(x)}, y {describe(y)}")
-    if x.shape[2] != 3:
-        raise ValueError(f"only 3-D points are supported (D = 3), got x {describe(x)}")
-    _check_normals(x_normals, x, "x")
-    _check_normals(y_normals, y, "y")
+        raise ValueError(f"y does not have the correct shape. (x {describe(x)}, "
+                         f"y {describe(y)})")
+    x_points, y_points = x, y
+    x, y = as_xyz(x, "x"), as_xyz(y, "y")
+    _check_normals(x_normals, x_points, "x")
+    _check_normals(y_normals, y_points, "y")
     if point_reduction == "max" and (x.shape[1] == 0 or y.shape[1] == 0):
         raise ValueError(f'point_reduction "max" needs non-empty clouds, got x {describe(x)}, '
                          f'y {describe(y)}')
@@ -426,4 +487,5 @@ def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_nor
     return _batch_reduce(loss, loss_normals, weights, batch_reduction)
 
 
-__all__ = ["knn_points", "knn_gather", "sample_farthest_points", "chamfer_distance"]
+__all__ = ["knn_points", "knn_gather", "ball_query", "sample_farthest_points",
+           "chamfer_distance"]
