@@ -517,3 +517,43 @@ def test_base_config_matches_restatement():
     loss_ref, parts_ref = ref(pts, img, text, mask)
     for key in parts:
         assert_matches(parts[key], parts_ref[key], key)
+
+
+def test_recon_blocks_run_both_attentions_in_one_triton_launch(monkeypatch):
+    """With the Triton backend each ReCon block runs its self- and cross-attention as one fused
+    launch forward and one backward, and the model still matches the official restatement (same
+    state_dict keys, same drop-path draws) in loss and every gradient."""
+    from recon_fast import attention
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton on CPU tensors: the interpreter
+    reason = attention.triton_unavailable_reason(torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(reason)
+    kernels = attention._load_kernels()
+    launched = []
+    run = kernels.Launch.run
+
+    def recording_run(launch):
+        launched.append((launch.kernel, launch.kwargs["HAS_B"]))
+        run(launch)
+
+    monkeypatch.setattr(kernels.Launch, "run", recording_run)
+    ours, ref = pretrain_pair(attention_backend="triton", drop_path_rate=0.3)
+    pts = clouds()
+    pts_ref = pts.clone().requires_grad_()
+    pts.requires_grad_()
+    img, text = torch.randn(BATCH, 20), torch.randn(BATCH, 12)
+    mask = random_mask(BATCH, 16, ours.num_masked)
+    torch.manual_seed(1)
+    loss_ours, _ = ours(pts, img, text, mask=mask)
+    torch.manual_seed(1)
+    loss_ref, _ = ref(pts_ref, img, text, mask)
+    assert_matches(loss_ours, loss_ref, "total loss", tol=1e-4)
+    loss_ours.backward()
+    loss_ref.backward()
+    assert_grads_match(ours, ref, tol=1e-4)
+    assert_matches(pts.grad, pts_ref.grad, "grad of points", tol=1e-4)
+    fused = {kernel: sum(1 for k, two_roles in launched if k is kernel and two_roles)
+             for kernel in (kernels._attention_fwd_kernel, kernels._attention_bwd_kernel)}
+    depth = ours.config.depth
+    assert list(fused.values()) == [depth, depth], f"fused launches {fused}, depth {depth}"

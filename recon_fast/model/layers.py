@@ -148,14 +148,25 @@ class ReConBlock(nn.Module):
         queries = self.norm1_contrast(queries)
         patches = self.norm1(patches)
         context = patches.detach() if self.stop_grad else patches
+        cross_heads, self_heads = self._attend(queries, patches, context)
         # Branch order matters for the random draws of drop path: it is the official order.
-        queries = queries + self.drop_path(self.attn_contrast(queries, context))
-        patches = patches + self.drop_path(self.attn(patches))
+        queries = queries + self.drop_path(self.attn_contrast.proj(cross_heads))
+        patches = patches + self.drop_path(self.attn.proj(self_heads))
         queries = self.norm2_contrast(queries)
         patches = self.norm2(patches)
         queries = queries + self.drop_path(self.mlp_contrast(queries))
         patches = patches + self.drop_path(self.mlp(patches))
         return torch.cat([queries, patches], dim=1)
+
+    def _attend(self, queries: torch.Tensor, patches: torch.Tensor, context: torch.Tensor):
+        """The heads of the queries' cross-attention to `context` and of the patches'
+        self-attention, before the output projections: one call, so that the Triton backend runs
+        both in one launch forward and one backward. Attention draws no random numbers, so drop
+        path's draws keep the official order."""
+        self_heads, cross_heads = attention.recon_attention(
+            self.attn.qkv(patches), self.attn_contrast.q(queries), self.attn_contrast.kv(context),
+            self.attn.num_heads, backend=self.attn.backend)
+        return cross_heads, self_heads
 
 
 class Block(nn.Module):
