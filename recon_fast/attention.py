@@ -44,6 +44,11 @@ _MIN_CAPABILITY = (8, 0)
 # Largest head dimension the Triton kernels keep in registers (recon_attention.MAX_HEAD_DIM; kept
 # here so that choosing a backend does not import triton).
 _MAX_HEAD_DIM = 256
+# Largest head dimension "auto" gives to Triton. ptxas (sm_90, triton 3.6) keeps the ReCon head
+# dim 64 in registers except the fp32 backward at the pretraining shape (8 spilled bytes), while
+# head_dim 128 already spills 16 bytes in the bf16 backward and 256 far more: SDPA's kernels are
+# the better default there; backend="triton" still runs them.
+_AUTO_MAX_HEAD_DIM = 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +107,8 @@ def resolve_backend(backend: str, t: torch.Tensor, head_dim: int = 64) -> str:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     fits = head_dim <= _MAX_HEAD_DIM
     if backend == "auto":
-        return "triton" if fits and _triton_is_default(t.device, t.dtype) else "sdpa"
+        chosen = head_dim <= _AUTO_MAX_HEAD_DIM and _triton_is_default(t.device, t.dtype)
+        return "triton" if chosen else "sdpa"
     if backend == "triton":
         reason = _triton_reason(t.device)
         if reason:

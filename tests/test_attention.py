@@ -355,6 +355,41 @@ def test_auto_picks_triton_on_cpu_with_the_flag(interpreter_flag):
     assert attention.resolve_backend("auto", torch.zeros(1, dtype=torch.float64)) == "sdpa"
 
 
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_auto_leaves_wide_heads_to_sdpa(interpreter_flag, head_dim):
+    # The Triton kernels spill registers at these widths: "auto" gives them to SDPA, while an
+    # explicit backend="triton" still runs them.
+    triton_on(torch.device("cpu"))
+    t = torch.zeros(1)
+    assert attention.resolve_backend("auto", t, head_dim=64) == "triton"
+    assert attention.resolve_backend("auto", t, head_dim=head_dim) == "sdpa"
+    assert attention.resolve_backend("triton", t, head_dim=head_dim) == "triton"
+
+
+def test_triton_launches_make_the_tensors_device_current():
+    kernels = pytest.importorskip("triton") and attention._load_kernels()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():  # a cuda:1 tensor without a GPU
+        on_gpu1 = torch.empty(2, device="cuda:1")
+    guard = kernels._device_of([7, torch.zeros(1), on_gpu1])
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert not isinstance(kernels._device_of([torch.zeros(1), 3]), torch.cuda.device)
+
+
+@pytest.mark.cuda
+def test_triton_attention_on_a_second_gpu():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs (the tensors on cuda:1 while cuda:0 is current)")
+    qkv, q, kv = recon_inputs(2, 26, 2, 32, torch.float32, torch.device("cuda:0"))
+    want = recon_attention(qkv, q, kv, 2, backend="triton")
+    with torch.cuda.device(0):
+        got = recon_attention(*(t.detach().to("cuda:1") for t in (qkv, q, kv)), 2, backend="triton")
+    for g, w in zip(got, want):
+        assert g.device == torch.device("cuda:1")
+        torch.testing.assert_close(g.cpu(), w.detach().cpu())
+
+
 def test_triton_on_cpu_without_the_interpreter_is_refused(monkeypatch):
     kernels = pytest.importorskip("triton") and attention._load_kernels()
     monkeypatch.setattr(kernels, "INTERPRETED", False)

@@ -26,6 +26,7 @@ must be set before the first ``import triton``; `INTERPRETED` tells which mode t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -377,6 +378,15 @@ def _check_roles(roles: Sequence[Role]) -> None:
                              f"k {tuple(role.k.shape)}")
 
 
+def _device_of(args: Sequence[object]):
+    """A guard that makes the device of the first CUDA tensor in `args` current (a no-op for
+    CPU tensors under the interpreter)."""
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.device.type == "cuda":
+            return torch.cuda.device(arg.device)
+    return contextlib.nullcontext()
+
+
 @dataclass
 class Launch:
     """One kernel launch: kernel[grid](*args, **kwargs) (kwargs: constexprs and launch options)."""
@@ -387,6 +397,11 @@ class Launch:
     kwargs: dict
 
     def run(self) -> None:
+        # Triton launches on the current CUDA device: make it the tensors' one (cuda:1 ...).
+        with _device_of(self.args):
+            self._launch()
+
+    def _launch(self) -> None:
         if INTERPRETED and not triton.knobs.runtime.interpret:
             # The interpreter re-reads the knob while running (lazy imports, constexpr helpers):
             # keep it consistent with the mode triton.language was imported in.
