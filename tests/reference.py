@@ -209,3 +209,33 @@ def ball_query_reference(query, points, k, radius, query_lengths=None, point_len
             idx[b, i, : len(inside)] = inside
             dists[b, i, : len(inside)] = d[i, inside]
     return dists.to(query.dtype), idx
+
+
+def ball_query_dense(query, points, k, radius):
+    """Ball query without loops over queries, for benchmarks: per cloud the full squared
+    distance matrix (same summation order as ball_query_reference), then the k smallest indices
+    among those inside. Returns (dists, idx) as ball_query_reference."""
+    B, M, D = query.shape
+    N = points.shape[1]
+    dtype = acc_dtype(query.dtype)
+    r = torch.tensor(radius, dtype=dtype, device=query.device)
+    dists, idx = [], []
+    for b in range(B):
+        diff = query[b, :, None, :].to(dtype) - points[b, None, :, :].to(dtype)  # (M, N, D)
+        sq = diff * diff
+        d = sq[..., 0]
+        for c in range(1, D):
+            d = d + sq[..., c]
+        order = torch.arange(N, device=query.device).expand(M, N)
+        key = torch.where(d < r * r, order, N)
+        first = key.topk(min(k, N), dim=1, largest=False).values  # (M, k), inside first
+        found = first < N
+        chosen = torch.where(found, first, -1)
+        dist = torch.where(found, d.gather(1, first.clamp_max(N - 1)), 0)
+        pad = k - chosen.shape[1]
+        if pad:
+            chosen = torch.cat([chosen, chosen.new_full((M, pad), -1)], 1)
+            dist = torch.cat([dist, dist.new_zeros((M, pad))], 1)
+        idx.append(chosen)
+        dists.append(dist)
+    return torch.stack(dists).to(query.dtype), torch.stack(idx)
