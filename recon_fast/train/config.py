@@ -84,10 +84,23 @@ SCHEMA: dict = {
 }
 
 
+def _check_section(node: Any, schema: dict, path: str) -> None:
+    """A section of the schema must be a mapping: `--set model.transformer_config=3` or an
+    empty `transformer_config:` would otherwise build the default model without a word."""
+    known = ", ".join(sorted(k for k in schema if k != "*"))
+    if node is None or (node == {} and "*" not in schema):
+        raise ConfigError(f"config section {path} is empty; it needs keys ({known})")
+    if not isinstance(node, dict):
+        raise ConfigError(f"config key {path} must be a section with keys "
+                          f"({known or 'any'}), got {type(node).__name__} {node!r}")
+
+
 def _check_keys(node: Any, schema: Any, path: str) -> None:
-    if schema is None or not isinstance(node, dict):
+    if schema is None or not isinstance(schema, dict):
         return
-    if not isinstance(schema, dict):
+    if path:
+        _check_section(node, schema, path)
+    elif not isinstance(node, dict):
         return
     for key, value in node.items():
         if key in schema:
