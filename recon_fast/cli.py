@@ -51,9 +51,7 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     h.add_argument("--compile", action="store_true", help="torch.compile the model")
     h.add_argument("--attention-backend", choices=["auto", "triton", "sdpa", "eager"],
                    help="attention implementation (default: the config's, else auto)")
-    h.add_argument("--workers", type=int,
-                   help="DataLoader worker processes (default: this machine's cores - 1, at most "
-                        "8; 0 loads in the main process)")
+    h.add_argument("--workers", type=int, default=4, help="DataLoader workers (default 4)")
     h.add_argument("--validate-data", action="store_true",
                    help="keep the point ops' NaN/range checks on inside training steps (slower on CUDA)")
     d = p.add_argument_group("data and teachers")
@@ -80,40 +78,19 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     o.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
 
 
-def _add_recompute_bn(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recompute-bn", default="auto", choices=["auto", "on", "off"],
-                   help="recompute BatchNorm statistics on the train clouds before each "
-                        "measurement (validation, voting, eval): short runs have not settled "
-                        "them. auto (default): on for runs (or checkpoints) of fewer than 1000 "
-                        "steps, off for official checkpoints")
-
-
-def _report(args: argparse.Namespace, config, summary: dict, started: float, *,
-            samples=None, checkpoint=None) -> None:
-    """The end-of-run summary lines and <out>/results.json, then the summary as one JSON line."""
-    from recon_fast.train.results import report_run
-
-    command = args.command + (f" {args.protocol}" if args.command == "eval" else "")
-    report_run(command, args.config, config, args.out, summary, started=started,
-               samples=samples, checkpoint=checkpoint)
-    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
-
-
 def _options(args: argparse.Namespace):
-    from recon_fast.train.runtime import RunOptions, default_workers
+    from recon_fast.train.runtime import RunOptions
 
     return RunOptions(
         out_dir=args.out, device=args.device, amp=args.amp, compile=args.compile,
-        attention_backend=args.attention_backend, seed=args.seed,
-        workers=default_workers() if args.workers is None else args.workers,
+        attention_backend=args.attention_backend, workers=args.workers, seed=args.seed,
         resume=args.resume, overwrite=args.overwrite, init_ckpt=args.init_ckpt,
         epochs=args.epochs, max_steps=args.max_steps,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, data_root=args.data_root,
         cache_dir=args.cache_dir, teacher_weights=args.teacher_weights,
         image_teacher_weights=args.image_teacher_weights, image_teacher=args.image_teacher,
         progress=not args.no_progress, tensorboard=not args.no_tensorboard,
-        validate_data=args.validate_data, data=args.data, skip_bad_shards=args.skip_bad_shards,
-        recompute_bn=getattr(args, "recompute_bn", "auto"))
+        validate_data=args.validate_data, data=args.data, skip_bad_shards=args.skip_bad_shards)
 
 
 def _load(args: argparse.Namespace):
@@ -125,20 +102,17 @@ def _load(args: argparse.Namespace):
 def _pretrain(args: argparse.Namespace) -> int:
     from recon_fast.train.pretrain import run_pretrain
 
-    started, config = time.perf_counter(), _load(args)
-    summary = run_pretrain(config, _options(args))
-    _report(args, config, summary, started,
-            samples=summary["global_step"] * int(config.total_bs))
+    summary = run_pretrain(_load(args), _options(args))
+    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
     return 0
 
 
 def _finetune(args: argparse.Namespace) -> int:
     from recon_fast.train.finetune import run_finetune
 
-    started, config = time.perf_counter(), _load(args)
-    summary = run_finetune(config, _options(args), vote_rounds=args.vote_rounds, votes=args.votes)
-    _report(args, config, summary, started,
-            samples=summary["global_step"] * int(config.total_bs))
+    summary = run_finetune(_load(args), _options(args), vote_rounds=args.vote_rounds,
+                           votes=args.votes)
+    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
     return 0
 
 
@@ -146,7 +120,6 @@ def _fewshot(args: argparse.Namespace) -> int:
     from recon_fast.eval.fewshot import summarize_folds
     from recon_fast.train.finetune import run_finetune
 
-    started = time.perf_counter()
     folds = _parse_folds(args.folds)
     accs = []
     for fold in folds:
@@ -162,10 +135,6 @@ def _fewshot(args: argparse.Namespace) -> int:
     mean, std = summarize_folds(accs)
     print(f"[few-shot] {args.way}-way {args.shot}-shot over {len(accs)} folds: {mean:.2f} +- {std:.2f}",
           flush=True)
-    _report(args, load_config(args.config, overrides), {
-        "fewshot_mean_percent": mean, "fewshot_std_percent": std,
-        "folds": {str(f): a for f, a in zip(folds, accs)}, "way": args.way, "shot": args.shot},
-        started, checkpoint=None)
     return 0
 
 
@@ -187,10 +156,9 @@ def _parse_folds(text: str) -> list[int]:
 def _eval(args: argparse.Namespace) -> int:
     from recon_fast.train.evaluate import run_evaluation
 
-    started, config = time.perf_counter(), _load(args)
-    result = run_evaluation(args.protocol, config, _options(args), ckpt=args.ckpt,
+    result = run_evaluation(args.protocol, _load(args), _options(args), ckpt=args.ckpt,
                             votes=args.votes, vote_rounds=args.vote_rounds)
-    _report(args, config, result, started, checkpoint=args.ckpt)
+    print(json.dumps(result), flush=True)
     return 0
 
 
@@ -253,7 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--vote-rounds", type=int, default=1,
                    help="voting rounds on the test set with the best checkpoint; the best round "
                         "is reported (official: 299; 0 skips voting; default 1)")
-    _add_recompute_bn(f)
     f.set_defaults(func=_finetune)
 
     s = sub.add_parser("fewshot", help="n-way k-shot finetuning over folds, mean +- std")
@@ -261,7 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--way", type=int, required=True, help="classes per episode (5 or 10)")
     s.add_argument("--shot", type=int, required=True, help="training shapes per class (10 or 20)")
     s.add_argument("--folds", default="0-9", help="folds to run, e.g. 0-9 or 0,3,5 (default 0-9)")
-    _add_recompute_bn(s)
     s.set_defaults(func=_fewshot)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: svm, zeroshot or vote")
@@ -272,7 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--votes", type=int, default=10, help="votes per round (vote)")
     e.add_argument("--vote-rounds", type=int, default=1, help="voting rounds, best reported (vote)")
     _add_run_options(e, "runs/eval")
-    _add_recompute_bn(e)
     e.set_defaults(func=_eval)
 
     from recon_fast.cli_pack import add_pack_parser
