@@ -375,3 +375,60 @@ def test_cli_refuses_an_existing_run_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already holds a run (config.yaml)" in err, err
     assert sorted(os.listdir(tmp_path)) == ["config.yaml"]  # not even a log.txt written
+
+
+# ------------------------------------------------------------------------- DDP resume
+
+
+def _ddp_resume_worker(rank, world, port, cache_dir, root):
+    """One rank of a 2-process gloo group: an uninterrupted run, then one interrupted after
+    step 3 and resumed from its checkpoint at step 2; each rank writes its loss sequences."""
+    import json
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from recon_fast.train.pretrain import run_pretrain
+
+    config = _tiny()
+    kw = dict(epochs=1, checkpoint_every=2, log_every=3)
+    full = run_pretrain(config, _options(f"{root}/full", cache_dir, **kw))["losses"]
+    part = run_pretrain(config, _options(f"{root}/part", cache_dir, **kw),
+                        stop_after_steps=3)["losses"]
+    rest = run_pretrain(config, _options(f"{root}/part", cache_dir, resume=True, **kw))["losses"]
+    with open(f"{root}/losses-{rank}.json", "w") as f:
+        json.dump({"full": full, "part": part, "rest": rest}, f)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_ddp_resume_is_exact_on_every_rank(tmp_path, cache_dir):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from recon_fast.train.config import ConfigError
+    from recon_fast.train.pretrain import run_pretrain
+    from recon_fast.train.state import load_checkpoint_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_resume_worker, args=(2, port, cache_dir, str(tmp_path)), nprocs=2, join=True)
+    losses = [json.loads((tmp_path / f"losses-{rank}.json").read_text()) for rank in (0, 1)]
+    for rank, run in enumerate(losses):
+        assert len(run["full"]) == 4 and len(run["rest"]) == 2, run
+        assert run["part"][:2] + run["rest"] == run["full"], f"rank {rank} diverged: {run}"
+    assert losses[0]["full"] != losses[1]["full"]  # the ranks drew their own data and masks
+    ckpt = load_checkpoint_file(str(tmp_path / "part" / "ckpt-last.pth"))
+    assert ckpt["world_size"] == 2 and len(ckpt["rank_states"]) == 2
+    assert not torch.equal(ckpt["rank_states"][0]["rng"]["torch"],
+                           ckpt["rank_states"][1]["rng"]["torch"])
+    # Averages over both ranks in log.txt: the same lines from the resume on.
+    full = [line.split(" | ")[0] for line in _log_lines(tmp_path / "full", "[pretrain] epoch")]
+    part = [line.split(" | ")[0] for line in _log_lines(tmp_path / "part", "[pretrain] epoch")]
+    assert part[1:] == full and len(full) == 2, (part, full)
+    # A different number of processes cannot continue the per-rank states: refused by name.
+    with pytest.raises(ConfigError, match="written by 2 process\\(es\\), this one has 1"):
+        run_pretrain(_tiny(), _options(tmp_path / "part", cache_dir, epochs=1, resume=True))
