@@ -1,4 +1,4 @@
-"""Ball query: recon_fast vs a dense distance matrix + topk of the inside indices (plain PyTorch)."""
+"""Ball query: recon_fast vs a dense distance matrix + topk of the inside indices (PyTorch)."""
 
 import pytest
 import torch

@@ -27,7 +27,8 @@ def test_channels_first_mode_and_point_mae_usage(device):
     xyz = torch.rand(3, 256, 3, device=device)
     center = xyz[:, :16]
     _, idx = KNN(k=32, transpose_mode=True)(xyz, center)
-    assert idx.shape == (3, 16, 32) and torch.equal(idx[..., 0].cpu(), torch.arange(16).expand(3, 16))
+    assert idx.shape == (3, 16, 32)
+    assert torch.equal(idx[..., 0].cpu(), torch.arange(16).expand(3, 16))  # each centre itself
     dist_cf, idx_cf = KNN(8)(xyz.transpose(1, 2), center.transpose(1, 2))  # (B, D, points)
     want_d, want_i = knn_cuda_knn(xyz.cpu(), center.cpu(), 8)
     assert idx_cf.shape == (3, 8, 16)

@@ -112,7 +112,8 @@ P3D_ERRORS = [
      "The input pointclouds should be either Pointclouds objects or torch.Tensor of shape "
      "(minibatch, num_points, 3)."),
     (lambda x, y: p3d.chamfer_distance(x, y[:1]), "y does not have the correct shape."),
-    (lambda x, y: p3d.chamfer_distance(x, y, weights=torch.ones(3)), "weights must be of shape (N,)."),
+    (lambda x, y: p3d.chamfer_distance(x, y, weights=torch.ones(3)),
+     "weights must be of shape (N,)."),
     (lambda x, y: p3d.chamfer_distance(x, y, weights=torch.tensor([1.0, -1.0])),
      "weights cannot be negative."),
 ]

@@ -78,19 +78,8 @@ def _check_index(idx, name: str, rank: int, batch: int, device: torch.device, wh
         raise ValueError(f"{name} is on {idx.device} but features is on {device}")
 
 
-def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
-    """Farthest point sampling with pointnet2_ops' semantics.
-
-    Args:
-        xyz: (B, N, 3) points.
-        npoint: number of samples, 0 <= npoint <= N.
-
-    Returns:
-        (B, npoint) int32 indices. The first is 0; each next one maximises the squared distance
-        to the samples so far among points with squared norm > 1e-3 (ties to the lowest index).
-        Once all of those are at distance 0, the lowest-index one repeats (index 0 if there are
-        none), as in the original. Not differentiable.
-    """
+def _furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
+    """The forward of :func:`furthest_point_sample`, arguments checked."""
     check_points(xyz, "xyz")
     N = xyz.shape[1]
     npoint = check_count(npoint, "npoint", 0, N, f"number of samples; xyz has N = {N} points")
@@ -98,50 +87,24 @@ def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
     return idx.to(torch.int32)
 
 
-def gather_operation(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``out[b, c, j] = features[b, c, idx[b, j]]``.
-
-    Args:
-        features: (B, C, N) float features.
-        idx: (B, npoint) int32/int64 indices into N (-1 gives zeros).
-
-    Returns:
-        (B, C, npoint) contiguous, in the dtype of ``features``; differentiable w.r.t. it.
-    """
+def _gather_operation(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The forward of :func:`gather_operation`, arguments checked."""
     _check_features(features)
     _check_index(idx, "idx", 2, features.shape[0], features.device, "(B, npoint)")
     rows = gather_points(features.transpose(1, 2), idx)  # (B, npoint, C)
     return rows.transpose(1, 2).contiguous()  # (B, C, npoint)
 
 
-def grouping_operation(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``out[b, c, j, s] = features[b, c, idx[b, j, s]]``.
-
-    Args:
-        features: (B, C, N) float features.
-        idx: (B, npoint, nsample) int32/int64 indices into N (-1 gives zeros).
-
-    Returns:
-        (B, C, npoint, nsample) contiguous; differentiable w.r.t. ``features``.
-    """
+def _grouping_operation(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The forward of :func:`grouping_operation`, arguments checked."""
     _check_features(features)
     _check_index(idx, "idx", 3, features.shape[0], features.device, "(B, npoint, nsample)")
     rows = gather_points(features.transpose(1, 2), idx)  # (B, npoint, nsample, C)
     return rows.permute(0, 3, 1, 2).contiguous()  # (B, C, npoint, nsample)
 
 
-def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The three nearest ``known`` points of every ``unknown`` point.
-
-    Args:
-        unknown: (B, n, 3) query points; known: (B, m, 3) candidates, m >= 1.
-
-    Returns:
-        dist: (B, n, 3) Euclidean (not squared) distances, ascending, dtype of the inputs.
-        idx: (B, n, 3) int32 indices into ``known``.
-        With m < 3 the missing neighbours get index 0 and distance inf, as in the original, so
-        inverse-distance weights give them weight 0. Neither output is differentiable.
-    """
+def _three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward of :func:`three_nn`, arguments checked."""
     check_points(unknown, "unknown")
     check_points(known, "known")
     m = known.shape[1]
@@ -292,37 +255,64 @@ class BallQuery(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------
-# Public functions (the original binds them to Function.apply; these keep the docstrings)
+# Public functions (the original binds them to Function.apply; these add docstrings)
 # --------------------------------------------------------------------------------------------
 
-_furthest_point_sample = furthest_point_sample
-_gather_operation = gather_operation
-_grouping_operation = grouping_operation
-_three_nn = three_nn
+def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:
+    """Farthest point sampling with pointnet2_ops' semantics.
 
+    Args:
+        xyz: (B, N, 3) points.
+        npoint: number of samples, 0 <= npoint <= N.
 
-def furthest_point_sample(xyz: torch.Tensor, npoint: int) -> torch.Tensor:  # noqa: F811
+    Returns:
+        (B, npoint) int32 indices. The first is 0; each next one maximises the squared distance
+        to the samples so far among points with squared norm > 1e-3 (ties to the lowest index).
+        Once all of those are at distance 0, the lowest-index one repeats (index 0 if there are
+        none), as in the original. Not differentiable.
+    """
     return FurthestPointSampling.apply(xyz, npoint)
 
 
-def gather_operation(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # noqa: F811
+def gather_operation(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``out[b, c, j] = features[b, c, idx[b, j]]``.
+
+    Args:
+        features: (B, C, N) float features.
+        idx: (B, npoint) int32/int64 indices into N (-1 gives zeros).
+
+    Returns:
+        (B, C, npoint) contiguous, in the dtype of ``features``; differentiable w.r.t. it.
+    """
     return GatherOperation.apply(features, idx)
 
 
-def grouping_operation(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # noqa: F811
+def grouping_operation(features: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``out[b, c, j, s] = features[b, c, idx[b, j, s]]``.
+
+    Args:
+        features: (B, C, N) float features.
+        idx: (B, npoint, nsample) int32/int64 indices into N (-1 gives zeros).
+
+    Returns:
+        (B, C, npoint, nsample) contiguous; differentiable w.r.t. ``features``.
+    """
     return GroupingOperation.apply(features, idx)
 
 
-def three_nn(unknown: torch.Tensor,  # noqa: F811
-             known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def three_nn(unknown: torch.Tensor, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The three nearest ``known`` points of every ``unknown`` point.
+
+    Args:
+        unknown: (B, n, 3) query points; known: (B, m, 3) candidates, m >= 1.
+
+    Returns:
+        dist: (B, n, 3) Euclidean (not squared) distances, ascending, dtype of the inputs.
+        idx: (B, n, 3) int32 indices into ``known``.
+        With m < 3 the missing neighbours get index 0 and distance inf, as in the original, so
+        inverse-distance weights give them weight 0. Neither output is differentiable.
+    """
     return ThreeNN.apply(unknown, known)
-
-
-for _public, _impl in ((furthest_point_sample, _furthest_point_sample),
-                       (gather_operation, _gather_operation),
-                       (grouping_operation, _grouping_operation), (three_nn, _three_nn)):
-    _public.__doc__ = _impl.__doc__
-del _public, _impl
 
 
 def three_interpolate(features: torch.Tensor, idx: torch.Tensor,
