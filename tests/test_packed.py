@@ -206,6 +206,34 @@ def test_samples_are_normalised_subsets_with_their_features(tmp_path):
     assert batch["has_text"].all()
 
 
+def test_device_sampling_gives_the_loaders_points(tmp_path):
+    from recon_fast.data.packed.stream import sample_on_device
+
+    out, _ = small_pack(tmp_path, count=9, shard_size=4, rgb=True)
+    keys = [(p, 3) for p in (8, 0, 5, 2)]
+    loaded = PackedDataset(out, 24, seed=2, with_rgb=True).__getitems__(keys)
+    raw = PackedDataset(out, 24, seed=2, with_rgb=True, sample_on_device=True).__getitems__(keys)
+    assert "points" not in raw and raw["raw_xyz"].dtype == torch.float16
+    drawn = sample_on_device(raw, 24)
+    assert torch.equal(drawn["points"], loaded["points"])
+    assert torch.equal(drawn["rgb"], loaded["rgb"])
+    # A sample's points do not depend on its batch: drawn alone, the same.
+    alone = PackedDataset(out, 24, seed=2, with_rgb=True).__getitems__([keys[2]])
+    assert torch.equal(alone["points"][0], loaded["points"][2])
+
+
+def test_point_subsets_are_uniform_without_repeats():
+    from recon_fast.data.packed.draws import point_subsets
+
+    seeds = torch.arange(4000, dtype=torch.int64) * 7919
+    chosen = point_subsets(seeds, 10, 3)
+    assert all(len(set(row)) == 3 for row in chosen.tolist())
+    counts = torch.bincount(chosen.flatten(), minlength=10).float()
+    assert counts.min() > 0.9 * 1200 and counts.max() < 1.1 * 1200  # 4000 * 3 / 10 each
+    first = torch.bincount(chosen[:, 0], minlength=10).float()
+    assert first.min() > 0.8 * 400 and first.max() < 1.2 * 400  # the order is random too
+
+
 # ------------------------------------------------------------------------------ damage
 
 

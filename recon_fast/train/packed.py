@@ -44,10 +44,16 @@ def check_teacher_dims(dataset, model_config, image_teacher: str, where: str) ->
 
 
 class PackedTargets:
-    """(img_feature, text_feature) of a packed batch, already on the device."""
+    """(img_feature, text_feature) of a packed batch, already on the device; `points` draws
+    the batch's clouds there (the loader only copied the stored rows)."""
 
-    def __init__(self, use_image: bool, use_text: bool):
-        self.use_image, self.use_text = use_image, use_text
+    def __init__(self, use_image: bool, use_text: bool, npoints: int):
+        self.use_image, self.use_text, self.npoints = use_image, use_text, npoints
+
+    def points(self, batch: dict) -> torch.Tensor:
+        from recon_fast.data.packed.stream import sample_on_device
+
+        return sample_on_device(batch, self.npoints)["points"]
 
     def __call__(self, batch: dict) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         image = batch.get("img_feature") if self.use_image else None
@@ -61,7 +67,7 @@ def packed_pretrain_data(config: Config, opts, dist_info, batch_size: int, log):
 
     root = packed_dir(opts.data)
     dataset = PackedDataset(root, train_npoints(config), seed=opts.seed,
-                            skip_bad_shards=opts.skip_bad_shards)
+                            skip_bad_shards=opts.skip_bad_shards, sample_on_device=True)
     for name, problem in dataset.skipped:
         log.info(f"--skip-bad-shards: skipped {name}: {problem}")
     if dataset.skipped:
@@ -76,5 +82,5 @@ def packed_pretrain_data(config: Config, opts, dist_info, batch_size: int, log):
 def packed_targets(dataset, model: torch.nn.Module, opts) -> PackedTargets:
     """Targets from the batch's cached features, after checking they fit the model's heads."""
     check_teacher_dims(dataset, model.config, opts.image_teacher, opts.data)
-    return PackedTargets(use_image=opts.image_teacher != "off" and model.config.img_feature_dim is not None,
-                         use_text=model.config.text_feature_dim is not None)
+    use_image = opts.image_teacher != "off" and model.config.img_feature_dim is not None
+    return PackedTargets(use_image, model.config.text_feature_dim is not None, dataset.npoints)

@@ -56,6 +56,8 @@ def run_pretrain(config: Config, opts: RunOptions, *, stop_after_steps: Optional
         else:
             targets = barrier_first(trainer.dist, lambda: build_teacher_targets(
                 config.model, opts, dataset, trainer.device, log))
+        # Packed batches carry the stored clouds: their points are drawn on the device.
+        points_of = targets.points if opts.data is not None else (lambda b: b["points"])
         trainer.setup(model, finetune=False)
         if trainer.dist.main:
             save_config(config, os.path.join(opts.out_dir, "config.yaml"))
@@ -66,7 +68,7 @@ def run_pretrain(config: Config, opts: RunOptions, *, stop_after_steps: Optional
 
         def step(batch: dict) -> dict[str, torch.Tensor]:
             batch = to_device(batch, trainer.device)
-            points = rotate_y(batch["points"])  # official PointcloudRotate on the batch
+            points = rotate_y(points_of(batch))  # official PointcloudRotate on the batch
             img_feature, text_feature = targets(batch)
             with trainer.autocast():
                 loss, losses = trainer.forward_model(points, img_feature, text_feature)

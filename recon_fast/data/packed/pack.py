@@ -230,6 +230,8 @@ def build_shard_fields(source, plan: dict, shard_id: int) -> dict[str, np.ndarra
         where = getattr(source, "files", None)
         where = where[index] if where is not None else f"shape {index}"
         xyz, rgb = _fixed_points(item, index, settings, source.kind)
+        if not (xyz != xyz[0]).any():  # pc_norm would divide by zero: refuse it here, by name
+            raise DatasetFileError(where, f"all {len(xyz)} points coincide (degenerate cloud)")
         fields["xyz"][row] = xyz
         fields["label"][row] = item.label
         if "rgb" in fields:
@@ -275,10 +277,15 @@ def _remove_temporaries(out_dir: str) -> None:
             os.remove(os.path.join(out_dir, name))
 
 
-def pack(source_spec: str, out_dir: str, settings: Optional[PackSettings] = None, *,
+def pack(source_spec, out_dir: str, settings: Optional[PackSettings] = None, *,
          teachers: Optional[Teachers] = None, workers: int = 1, progress: bool = True,
          subset: str = "train", whole: bool = True) -> dict:
-    """Pack `source_spec` into `out_dir` (resuming a previous run there); returns the index."""
+    """Pack `source_spec` into `out_dir` (resuming a previous run there); returns the index.
+
+    `source_spec` is "shapenet:<dir>" or "openshape:<dir>", or an object with the reader
+    protocol of sources.py (``kind``, ``class_texts``, ``len()``, ``describe()``,
+    ``read(index, points)``), e.g. a synthetic set in a benchmark.
+    """
     from tqdm import tqdm
 
     settings = settings or PackSettings()
@@ -286,10 +293,13 @@ def pack(source_spec: str, out_dir: str, settings: Optional[PackSettings] = None
     teachers = teachers or Teachers()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
-    options = {"subset": subset, "whole": whole} if source_spec.startswith("shapenet:") else {}
-    source = open_source(source_spec, **options)
+    if isinstance(source_spec, str):
+        options = {"subset": subset, "whole": whole} if source_spec.startswith("shapenet:") else {}
+        source = open_source(source_spec, **options)
+    else:
+        source = source_spec
     if len(source) == 0:
-        raise DatasetFileError(source_spec.partition(":")[2], "lists no shapes")
+        raise DatasetFileError(source.describe().get("root", str(source_spec)), "lists no shapes")
     os.makedirs(os.path.join(out_dir, WORK_DIR), exist_ok=True)
     _remove_temporaries(out_dir)
     dims = run_teachers(source, teachers, out_dir, progress)

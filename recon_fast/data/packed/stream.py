@@ -22,6 +22,10 @@ Items are produced a batch at a time (``__getitems__``), already collated::
     text_feature  float32 (B, D)        the class prompt's feature, or one stored text's
     has_text      bool (B,)             False where a shape has no text (its row is zeros)
 
+With ``sample_on_device=True``, "points" / "rgb" are replaced by the stored clouds
+("raw_xyz" float16 (B, P, 3), "raw_rgb") and "point_seed" (B,) int64; :func:`sample_on_device`
+then draws the same points on the training device, so the loader only copies rows.
+
 Every random choice is drawn from (seed, epoch, sample id), so a sample is the same whichever
 worker loads it and wherever a run resumes.
 """
@@ -36,6 +40,9 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
+from recon_fast.data.packed.draws import (SALT_PREFIX, SALT_SUFFIX, SALT_TEXT, SALT_VIEW,
+                                          draw_below, gather_rows, normalize_clouds,
+                                          point_seeds, point_subsets, sample_hashes)
 from recon_fast.data.packed.order import EpochOrder, rank_range
 from recon_fast.data.packed.pack import TEXT_TABLE, read_index
 from recon_fast.data.packed.shard import Shard, ShardError, verify_shard
@@ -65,11 +72,16 @@ class PackedDataset(Dataset):
         verify_samples: check each sample's CRC-32 as it is read (cheap: ~25 us per 8192-point
             float16 cloud), so a damaged byte is an error, never a silently wrong sample.
         with_rgb: add the points' colour (the pack must hold rgb).
+        sample_on_device: leave the point sampling to :func:`sample_on_device` after the
+            batch reaches the training device: batches then carry the stored clouds
+            ("raw_xyz" float16 (B, P, 3), "raw_rgb") and "point_seed" instead of "points" (and
+            "rgb"); the loader only copies rows, the device draws the same subsets.
     """
 
     def __init__(self, root: str, npoints: int = 1024, *, seed: int = 0,
                  skip_bad_shards: bool = False, verify_samples: bool = True,
-                 with_rgb: bool = False, verify_threads: int = 4):
+                 with_rgb: bool = False, sample_on_device: bool = False,
+                 verify_threads: int = 4):
         self.root = root
         self.index = read_index(root)
         stored = int(self.index["settings"]["points"])
@@ -79,6 +91,7 @@ class PackedDataset(Dataset):
         if with_rgb and not self.index.get("has_rgb"):
             raise ValueError(f"with_rgb: {root} was packed without rgb (pack with --rgb)")
         self.npoints, self.seed, self.with_rgb = npoints, seed, with_rgb
+        self.sample_on_device = sample_on_device
         self.verify_samples = verify_samples
         self.shard_size = int(self.index["settings"]["shard_size"])
         self.skipped: list[tuple[str, str]] = []
@@ -189,52 +202,56 @@ class PackedDataset(Dataset):
         return out
 
     def _assemble(self, stored: dict, sample_ids: np.ndarray, epochs: list[int]) -> dict:
-        n, total = len(sample_ids), stored["xyz"].shape[1]
-        points = np.empty((n, self.npoints, 3), np.float32)
-        rgb = np.empty((n, self.npoints, 3), np.float32) if self.with_rgb else None
-        prefix, suffix = np.zeros(n, np.int64), np.zeros(n, np.int64)
-        view, text = np.zeros(n, np.int64), np.zeros(n, np.int64)
-        image_count = stored.get("image_count")
-        text_count = stored.get("text_count")
-        for i in range(n):
-            rng = np.random.default_rng([self.seed, epochs[i], int(sample_ids[i])])
-            chosen = rng.permutation(total)[: self.npoints]
-            points[i] = stored["xyz"][i, chosen]
-            if rgb is not None:
-                rgb[i] = stored["rgb"][i, chosen]
-            prefix[i], suffix[i] = rng.integers(NUM_PREFIXES), rng.integers(NUM_SUFFIXES)
-            if image_count is not None:
-                view[i] = rng.integers(max(int(image_count[i]), 1))
-            if text_count is not None:
-                text[i] = rng.integers(max(int(text_count[i]), 1))
+        n = len(sample_ids)
+        hashes = sample_hashes(self.seed, np.asarray(epochs), sample_ids)
+        prefix = draw_below(hashes, SALT_PREFIX, NUM_PREFIXES)
+        suffix = draw_below(hashes, SALT_SUFFIX, NUM_SUFFIXES)
+        labels = stored["label"].astype(np.int64)
         batch = {"index": torch.from_numpy(sample_ids.astype(np.int64)),
-                 "points": torch.from_numpy(_pc_norm(points)),
-                 "label": torch.from_numpy(stored["label"].astype(np.int64)),
+                 "label": torch.from_numpy(labels),
                  "prefix_id": torch.from_numpy(prefix), "suffix_id": torch.from_numpy(suffix)}
-        if rgb is not None:
-            batch["rgb"] = torch.from_numpy(rgb)
+        batch.update(self._points(stored, point_seeds(hashes)))
         rows = np.arange(n)
-        if image_count is not None:
+        if "image_count" in stored:
+            view = draw_below(hashes, SALT_VIEW, np.maximum(stored["image_count"], 1))
             batch["img_feature"] = torch.from_numpy(
                 stored["image_feat"][rows, view].astype(np.float32))
-        if text_count is not None:
+        if "text_count" in stored:
+            text = draw_below(hashes, SALT_TEXT, np.maximum(stored["text_count"], 1))
             batch["text_feature"] = torch.from_numpy(
                 stored["text_feat"][rows, text].astype(np.float32))
-            batch["has_text"] = torch.from_numpy(text_count > 0)
+            batch["has_text"] = torch.from_numpy(stored["text_count"] > 0)
         elif self.text_table is not None:
-            labels = stored["label"].astype(np.int64)
             batch["text_feature"] = torch.from_numpy(
                 np.asarray(self.text_table[labels, prefix, suffix], dtype=np.float32))
         return batch
 
+    def _points(self, stored: dict, seeds: torch.Tensor) -> dict:
+        """Sampled clouds, or (sample_on_device) the stored ones and the seeds that
+        :func:`sample_on_device` turns into the same samples after the transfer."""
+        raw = {"xyz": torch.from_numpy(stored["xyz"])}
+        if self.with_rgb:
+            raw["rgb"] = torch.from_numpy(stored["rgb"])
+        if self.sample_on_device:
+            out = {f"raw_{k}": v for k, v in raw.items()}
+            out["point_seed"] = seeds
+            return out
+        return sample_stored(raw, seeds, self.npoints)
 
-def _pc_norm(points: np.ndarray) -> np.ndarray:
-    """pc_norm per cloud of a (B, N, 3) batch: centre, then scale into the unit sphere."""
-    centred = points - points.mean(axis=1, keepdims=True)
-    radius = np.sqrt((centred ** 2).sum(axis=2)).max(axis=1)
-    if not (radius > 0).all():
-        raise ValueError("a packed cloud is degenerate (all its points coincide)")
-    return centred / radius[:, None, None]
+
+def sample_stored(raw: dict, seeds: torch.Tensor, npoints: int) -> dict:
+    chosen = point_subsets(seeds.to(raw["xyz"].device), raw["xyz"].shape[1], npoints)
+    out = {"points": normalize_clouds(gather_rows(raw["xyz"], chosen))}
+    if "rgb" in raw:
+        out["rgb"] = gather_rows(raw["rgb"], chosen)
+    return out
+
+
+def sample_on_device(batch: dict, npoints: int) -> dict:
+    """A sample_on_device batch (moved to the device) -> "points" (and "rgb") as the loader
+    would have made them: the same points, computed where the batch is."""
+    raw = {k[4:]: batch[k] for k in ("raw_xyz", "raw_rgb") if k in batch}
+    return sample_stored(raw, batch["point_seed"], npoints)
 
 
 class PackedSampler(Sampler):
