@@ -36,6 +36,29 @@ def test_non_integer_counts_are_refused_by_name(value):
         ops.fps(torch.rand(2, 16, 3), value)
 
 
+def test_backward_refuses_indices_that_its_kernels_would_skip():
+    """Backward kernels may skip out-of-range indices (memory-safe, silent: chamfer's does);
+    the autograd boundary in Python refuses them while data checks are on."""
+    import importlib
+    from types import SimpleNamespace
+
+    def backward_of(op):
+        return importlib.import_module(f"recon_fast.ops.{op}")._backward
+
+    bad = torch.tensor([[0, 7, 1]])
+    ctx = SimpleNamespace(saved_tensors=(bad,), num_points=4)
+    with pytest.raises(ValueError, match=r"idx saved for the backward pass holds values in "
+                                         r"\[0, 7\], outside \[-1, 4\)"):
+        backward_of("gather_points")(ctx, torch.ones(1, 3, 3))
+    x = torch.rand(1, 3, 3)
+    ctx = SimpleNamespace(saved_tensors=(x, torch.rand(1, 4, 3), bad.unsqueeze(-1)), norm=2)
+    with pytest.raises(ValueError, match="idx saved for the backward pass"):
+        backward_of("knn")(ctx, torch.ones(1, 3, 1), None)
+    ctx = SimpleNamespace(saved_tensors=(x, x, bad, torch.tensor([[0, 1, -2]])), norm=2)
+    with pytest.raises(ValueError, match="idx_xy saved for the backward pass"):
+        backward_of("chamfer")(ctx, torch.ones(1, 3), torch.ones(1, 3), None, None)
+
+
 # ------------------------------------------------------------------------- empty clouds
 
 

@@ -104,6 +104,19 @@ def check_count(value, name: str, low: int, high: int, what: str) -> int:
     return value
 
 
+def check_backward_indices(idx: torch.Tensor, name: str, size: int) -> None:
+    """The backward kernels skip indices outside [-1, size) rather than fault (they stay
+    memory-safe); with the data checks on, the autograd boundary refuses such indices instead of
+    dropping their gradient silently. The forward ops only produce or accept in-range indices,
+    so this guards the backward kernels' contract (e.g. against a kernel bug), not users."""
+    # Under torch.compile the backward is traced with fake tensors that hold no values.
+    if data_checks_enabled() and idx.numel() > 0 and torch._guards.detect_fake_mode(idx) is None:
+        low, high = int(idx.min()), int(idx.max())
+        if low < -1 or high >= size:
+            raise ValueError(f"{name} saved for the backward pass holds values in [{low}, {high}], "
+                             f"outside [-1, {size}); its gradient would be dropped")
+
+
 def length_vector(lengths, name: str, batch: int, device: torch.device, low: int, high: int,
                   why: str) -> torch.Tensor:
     """`lengths` as an int64 (B,) tensor on `device`, its values (when data checks are on) in

@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 import torch
 
-from recon_fast.ops._validation import (check_pair, check_points, data_checks_enabled, describe,
-                                        lengths_or_full)
+from recon_fast.ops._validation import (check_backward_indices, check_pair, check_points,
+                                        data_checks_enabled, describe, lengths_or_full)
 
 
 class Chamfer(NamedTuple):
@@ -42,6 +42,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_xy, grad_yx, _grad_idx_xy, _grad_idx_yx):
     x, y, idx_xy, idx_yx = ctx.saved_tensors
+    check_backward_indices(idx_xy, "idx_xy", y.shape[1])
+    check_backward_indices(idx_yx, "idx_yx", x.shape[1])
     grad_xy = torch.zeros_like(idx_xy, dtype=x.dtype) if grad_xy is None else grad_xy
     grad_yx = torch.zeros_like(idx_yx, dtype=x.dtype) if grad_yx is None else grad_yx
     grad_x, grad_y = torch.ops.recon_fast.chamfer_backward(

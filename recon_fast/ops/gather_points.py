@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from recon_fast.ops._validation import check_points, data_checks_enabled, describe
+from recon_fast.ops._validation import (check_backward_indices, check_points, data_checks_enabled,
+                                        describe)
 
 
 @torch.library.register_fake("recon_fast::gather_points")
@@ -27,6 +28,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     (idx,) = ctx.saved_tensors
+    check_backward_indices(idx, "idx", ctx.num_points)
     grad = torch.ops.recon_fast.gather_points_backward(grad_out.contiguous(), idx, ctx.num_points)
     return grad, None
 

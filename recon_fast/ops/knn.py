@@ -6,7 +6,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from recon_fast.ops._validation import check_count, check_pair, check_points, lengths_or_full
+from recon_fast.ops._validation import (check_backward_indices, check_count, check_pair,
+                                        check_points, lengths_or_full)
 from recon_fast.ops.gather_points import gather_points
 
 
@@ -41,6 +42,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_dist, _grad_idx):
     query, points, idx = ctx.saved_tensors
+    check_backward_indices(idx, "idx", points.shape[1])
     grad_query, grad_points = torch.ops.recon_fast.knn_backward(
         grad_dist.to(query.dtype).contiguous(), query, points, idx, ctx.norm)
     return grad_query, grad_points, None, None, None, None
