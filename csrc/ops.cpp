@@ -35,6 +35,14 @@ TORCH_LIBRARY(recon_fast, m) {
   m.def("chamfer_backward(Tensor grad_dist_xy, Tensor grad_dist_yx, Tensor x, Tensor y, "
         "Tensor idx_xy, Tensor idx_yx, int norm) -> (Tensor, Tensor)");
 
+  // Fused Chamfer loss of many small full clouds (1..256 points each, float32/float64):
+  // loss per pair = mean_i d_xy + mean_j d_yx with d the squared distance (norm 2), or half the
+  // same of sqrt(max(d, tiny)) (norm 1, ChamferDistanceL1); reduction 0 none (B,), 1 sum, 2 mean.
+  // Returns (loss, idx_xy (B, N), idx_yx (B, M)). CUDA kernel: csrc/chamfer/chamfer_loss_cuda.cu.
+  m.def("chamfer_loss(Tensor x, Tensor y, int norm, int reduction) -> (Tensor, Tensor, Tensor)");
+  m.def("chamfer_loss_backward(Tensor grad_loss, Tensor x, Tensor y, Tensor idx_xy, "
+        "Tensor idx_yx, int norm, int reduction) -> (Tensor, Tensor)");
+
   // Ball query: the first k points (in index order) with squared distance < radius^2 to each
   // query. query (B, M, D), points (B, N, D), any D >= 1 -> dist (B, M, k) squared L2,
   // idx (B, M, k); unused slots and padded queries get idx -1, dist 0 (pytorch3d's padding).
