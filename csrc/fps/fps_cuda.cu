@@ -8,7 +8,8 @@
 //
 // A big cloud with few clouds in the batch would leave most of the GPU idle, so it is split over
 // several blocks of a cooperative launch: each block reduces its slice, writes its winner, the
-// grid synchronises, and every block reduces the winners of its cloud.
+// grid synchronises, and every block reduces the winners of its cloud. The grid is sized to the
+// cloud (fps_plan.h): each step's barrier and winner reduction grow with it.
 //
 // Matches the CPU kernel bit for bit: distances in the accumulation type in the same order, the
 // chosen point is the lowest index of the largest running minimum, points with squared norm
@@ -30,6 +31,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "fps/fps.h"
+#include "fps/fps_plan.h"
 
 namespace recon_fast {
 namespace {
@@ -275,12 +277,12 @@ FpsPlan plan_fps(int64_t B, int64_t N) {
     plan.chunk = N;
     return plan;
   }
-  // Too big for one block's registers: several blocks per cloud if they can all be resident.
-  const int64_t needed = cuda::ceil_div(N, int64_t(kMaxThreads) * kRegMax);
+  // Too big for one block's registers: several blocks per cloud if they can all be resident,
+  // as many as the cloud needs (fps_plan.h), not as many as fit.
   const int64_t max_blocks = max_cooperative_blocks(fps_kernel_for<scalar_t>(kRegMax));
-  if (B * needed <= max_blocks) {
-    // As many blocks as fit (fewer points per thread), but at least one point per thread.
-    const int64_t G = std::max(needed, std::min(max_blocks / B, cuda::ceil_div(N, kMaxThreads)));
+  const int64_t G = fps_plan::register_blocks_per_cloud(B, N, kMaxThreads,
+                                                        int64_t(kMaxThreads) * kRegMax, max_blocks);
+  if (G > 0) {
     const int64_t chunk = cuda::ceil_div(N, G);
     const int ppt = register_bucket(cuda::ceil_div(chunk, kMaxThreads));
     if (B * G <= max_cooperative_blocks(fps_kernel_for<scalar_t>(ppt))) {
@@ -294,7 +296,8 @@ FpsPlan plan_fps(int64_t B, int64_t N) {
   // leaves most of them idle.
   const int64_t scratch_blocks = max_cooperative_blocks(fps_kernel_for<scalar_t>(0));
   plan.points_per_thread = 0;
-  plan.blocks_per_cloud = B * 2 <= scratch_blocks ? static_cast<int>(scratch_blocks / B) : 1;
+  plan.blocks_per_cloud =
+      static_cast<int>(fps_plan::scratch_blocks_per_cloud(B, N, kMaxThreads, scratch_blocks));
   plan.chunk = cuda::ceil_div(N, plan.blocks_per_cloud);
   return plan;
 }
