@@ -455,3 +455,15 @@ def test_ddp_resume_is_exact_on_every_rank(tmp_path, cache_dir):
     # A different number of processes cannot continue the per-rank states: refused by name.
     with pytest.raises(ConfigError, match="written by 2 process\\(es\\), this one has 1"):
         run_pretrain(_tiny(), _options(tmp_path / "part", cache_dir, epochs=1, resume=True))
+
+
+def test_every_rank_refuses_an_existing_run_but_only_the_main_rank_changes_it(tmp_path):
+    from recon_fast.train.config import ConfigError
+    from recon_fast.train.rundir import claim_run_dir
+
+    (tmp_path / "ckpt-last.pth").write_text("old")
+    (tmp_path / ".tmp-x.pth").write_text("partial")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        claim_run_dir(str(tmp_path), resume=False, overwrite=False, prepare=False)
+    assert claim_run_dir(str(tmp_path), resume=False, overwrite=True, prepare=False) == []
+    assert sorted(os.listdir(tmp_path)) == [".tmp-x.pth", "ckpt-last.pth"]  # untouched

@@ -82,8 +82,8 @@ class Trainer:
         self.dist = setup_distributed(self.device)
         check_run_options(opts)
         # Before anything is written into the run folder (log.txt included).
-        events = claim_run_dir(opts.out_dir, resume=opts.resume, overwrite=opts.overwrite) \
-            if self.dist.main else []
+        events = claim_run_dir(opts.out_dir, resume=opts.resume, overwrite=opts.overwrite,
+                               prepare=self.dist.main)
         self._backups_pending = opts.overwrite
         seed_everything(opts.seed + self.dist.rank)
         # Data checks cost a host sync per op call on CUDA: off inside training steps unless

@@ -57,19 +57,21 @@ def remove_stale_temporaries(out_dir: str) -> list[str]:
     return stale
 
 
-def claim_run_dir(out_dir: str, *, resume: bool, overwrite: bool) -> list[str]:
-    """Check that this run may write into `out_dir` (on the main rank, before anything is
-    written there) and prepare it. Returns lines for the run's log saying what was done.
+def claim_run_dir(out_dir: str, *, resume: bool, overwrite: bool,
+                  prepare: bool = True) -> list[str]:
+    """Check that this run may write into `out_dir` (before anything is written there) and, with
+    `prepare` (the main rank), prepare it. Returns lines for the run's log saying what was done.
 
-    Raises ConfigError when `out_dir` holds a run and neither `resume` nor `overwrite` is set.
+    Raises ConfigError when `out_dir` holds a run and neither `resume` nor `overwrite` is set; every
+    rank checks, so that all of them stop rather than wait for a rank 0 that has stopped.
     """
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: --resume continues the "
                           "run in --out, --overwrite starts it over")
     events = [f"removed {p}, left by an interrupted checkpoint write"
-              for p in remove_stale_temporaries(out_dir)]
+              for p in (remove_stale_temporaries(out_dir) if prepare else [])]
     found = existing_run_files(out_dir)
-    if not found or resume:
+    if not found or resume or (overwrite and not prepare):
         return events
     if not overwrite:
         raise ConfigError(f"--out {out_dir} already holds a run ({', '.join(found)}): pass "
