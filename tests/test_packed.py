@@ -79,6 +79,39 @@ def test_shapenet_pack_keeps_the_first_rows_and_the_labels(tmp_path):
     assert shard.fields["label"].tolist() == [0, 1, 0, 0]  # synset 02691156 is row 0
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_shapenet_pack_holds_the_teachers_features(tmp_path):
+    from data_fixtures import SHAPENET_TABLE
+    from recon_fast import teachers
+    from recon_fast.data.image import ImageTransform
+    from recon_fast.data.io import read_bgr_image
+    from recon_fast.data.packed import Teachers
+    from recon_fast.data.prompts import build_prompt
+
+    root, cache, out = tmp_path / "sn", str(tmp_path / "cache"), str(tmp_path / "pack")
+    write_shapenet(str(root), n_points=64, per_split=2)
+    pack(f"shapenet:{root}", out, PackSettings(points=64, shard_size=3, feature_dtype="float32"),
+         teachers=Teachers("ViT-B/32", "ViT-B/32", "random", cache_dir=cache), progress=False)
+    batch = PackedDataset(out, 32, seed=4).__getitems__([(1, 0), (2, 5)])
+    text_teacher, image_teacher = teachers.build_clip_teachers("ViT-B-32", "random",
+                                                               cache_dir=cache)
+    text_teacher.autocast = image_teacher.autocast = False
+    names = (root / "ShapeNet-55" / "test.txt").read_text().split() + \
+        (root / "ShapeNet-55" / "train.txt").read_text().split()  # whole: test list first
+    for i, position in enumerate((1, 2)):
+        label = int(batch["label"][i])
+        prompt = build_prompt(SHAPENET_TABLE["describe"][str(label)], int(batch["prefix_id"][i]),
+                              int(batch["suffix_id"][i]))
+        with torch.no_grad():
+            text = text_teacher([prompt])[0]
+            view = ImageTransform("center")(read_bgr_image(
+                str(root / "shapenet_img" / names[position].replace(".npy", ".png"))))
+            image = image_teacher(view[None])[0]
+        torch.testing.assert_close(batch["text_feature"][i], text, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(batch["img_feature"][i], image, atol=1e-4, rtol=1e-4)
+
+
 def test_pack_refuses_a_folder_packed_with_other_settings(tmp_path):
     out, _ = small_pack(tmp_path, count=4, shard_size=2)
     with pytest.raises(ValueError, match="different settings.*settings"):
@@ -359,3 +392,24 @@ def test_cli_pretrain_skips_and_reports_bad_shards(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipped shard-000001.rfshard" in result.stdout
     assert "on 8 shapes" in result.stdout
+
+
+def test_cli_pack_and_verify(tmp_path, capsys):
+    from recon_fast.cli import main
+
+    assert main(["pack", "--source", "objaverse:/nowhere", "--out", str(tmp_path / "p")]) == 2
+    assert "--source 'objaverse:/nowhere'" in capsys.readouterr().err
+    src = tmp_path / "openshape"
+    write_openshape(str(src), 5, n_points=40, dim=4)
+    out = str(tmp_path / "pack")
+    assert main(["pack", "--source", f"openshape:{src}", "--out", out, "--points", "32",
+                 "--shard-size", "2", "--no-progress"]) == 0
+    assert '"count": 5' in capsys.readouterr().out
+    assert main(["pack", "--verify", out]) == 0
+    with open(os.path.join(out, "shard-000002.rfshard"), "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x01")  # last byte of the last field
+    assert main(["pack", "--verify", out]) == 1
+    assert "shard-000002.rfshard" in capsys.readouterr().out
+    assert main(["pack", "--source", f"openshape:{src}", "--out", out, "--points", "16"]) == 2
+    assert "different settings" in capsys.readouterr().err

@@ -27,12 +27,14 @@ IMAGE_TEACHER_DIMS = {
     "ViT-B/16": 512,
     "ViT-L/14": 768,
     "ViT-L/14@336px": 768,
+    "ViT-bigG-14": 1280,  # OpenCLIP, OpenShape's / ReCon++'s teacher (features in packed shards)
 }
 TEXT_TEACHER_DIMS = {
     "ViT-B/32": 512,
     "ViT-B/16": 512,
     "ViT-L/14": 768,
     "ViT-L/14@336px": 768,
+    "ViT-bigG-14": 1280,
 }
 TEACHER_FEATURE_DIMS = {"image": IMAGE_TEACHER_DIMS, "text": TEXT_TEACHER_DIMS}
 

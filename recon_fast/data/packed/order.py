@@ -21,6 +21,8 @@ from typing import Iterator
 
 import numpy as np
 
+from recon_fast.errors import InputError
+
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
@@ -32,12 +34,13 @@ class EpochOrder:
     def __init__(self, shard_counts: np.ndarray, *, seed: int, epoch: int, shuffle: bool,
                  shuffle_buffer: int):
         if shuffle_buffer < 1:
-            raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
+            raise InputError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
         counts = np.asarray(shard_counts, dtype=np.int64)
         self.size = int(counts.sum())
         self.seed, self.epoch, self.shuffle, self.buffer = seed, epoch, shuffle, shuffle_buffer
         first_position = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        shard_order = _rng(seed, epoch).permutation(len(counts)) if shuffle else np.arange(len(counts))
+        shard_order = (_rng(seed, epoch).permutation(len(counts)) if shuffle
+                       else np.arange(len(counts)))
         self._counts = counts[shard_order]
         self._ends = np.cumsum(self._counts)           # stream end of each shard in order
         self._firsts = first_position[shard_order]     # dataset position of each one's row 0

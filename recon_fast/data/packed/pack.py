@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from recon_fast.data.io import DatasetFileError
+from recon_fast.errors import DatasetFileError, DatasetNotFoundError, InputError
 from recon_fast.data.packed.shard import (SUFFIX, Shard, ShardError, file_crc32, shard_entry,
                                           shard_name, write_shard_atomic)
 from recon_fast.data.packed.sources import ShapeItem, open_source
@@ -52,12 +52,12 @@ class PackSettings:
         for name in ("points", "shard_size", "image_slots", "text_slots"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise InputError(f"{name} must be a positive int, got {value!r}")
         for name in ("xyz_dtype", "feature_dtype"):
             if getattr(self, name) not in DTYPES:
-                raise ValueError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
         if self.shard_size > 2**31:
-            raise ValueError(f"shard_size {self.shard_size} is too large")
+            raise InputError(f"shard_size {self.shard_size} is too large")
 
 
 @dataclasses.dataclass
@@ -91,7 +91,7 @@ def make_plan(source, settings: PackSettings, teachers: Teachers) -> dict:
     if first.text_features is not None:
         plan["text_dim"] = int(first.text_features.shape[1])
     if settings.rgb and first.rgb is None:
-        raise ValueError(f"--rgb was asked for but {source.describe()['root']} has no 'rgb'")
+        raise InputError(f"--rgb was asked for but {source.describe()['root']} has no 'rgb'")
     return plan
 
 
@@ -103,7 +103,8 @@ def _check_resumable(out_dir: str, plan: dict) -> None:
         old = json.load(f)
     if old != plan:
         differ = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
-        raise ValueError(f"{out_dir} holds a pack made with different settings ({differ} differ); "
+        raise InputError(f"--out {out_dir} holds a pack made with different settings "
+                         f"({differ} differ); "
                          "pack into a new --out folder")
 
 
@@ -132,9 +133,10 @@ def _image_teacher(teachers: Teachers, clip_image):
         return clip_image or T.build_clip_teachers(CLIP_NAMES[teachers.image], teachers.weights,
                                                    cache_dir=teachers.cache_dir)[1]
     if teachers.image in TIMM_NAMES:
-        weights = teachers.image_weights or ("random" if teachers.weights == "random" else "pretrained")
+        weights = teachers.image_weights or (
+            "random" if teachers.weights == "random" else "pretrained")
         return T.ViTImageTeacher(teachers.image.replace("_in21k", ""), weights=weights)
-    raise ValueError(f"--image-teacher {teachers.image!r} is not supported; use one of "
+    raise InputError(f"--image-teacher {teachers.image!r} is not supported; use one of "
                      f"{sorted(CLIP_NAMES) + list(TIMM_NAMES)}")
 
 
@@ -148,13 +150,13 @@ def run_teachers(source, teachers: Teachers, out_dir: str, progress: bool) -> di
     if not (teachers.text or teachers.image):
         return result
     if source.kind != "shapenet":
-        raise ValueError("--text-teacher/--image-teacher apply to shapenet sources; OpenShape "
+        raise InputError("--text-teacher/--image-teacher apply to shapenet sources; OpenShape "
                          "files carry their features")
     device = torch.device(teachers.device)
     clip_text = clip_image = None
     if teachers.text:
         if teachers.text not in CLIP_NAMES:
-            raise ValueError(f"--text-teacher {teachers.text!r} is not supported; use one of "
+            raise InputError(f"--text-teacher {teachers.text!r} is not supported; use one of "
                              f"{sorted(CLIP_NAMES)}")
         name = CLIP_NAMES[teachers.text]
         if teachers.image == teachers.text:  # the zero-shot setting: one CLIP for both
@@ -216,7 +218,8 @@ def build_shard_fields(source, plan: dict, shard_id: int) -> dict[str, np.ndarra
     n = stop - start
     xyz_dtype, feat_dtype = np.dtype(settings.xyz_dtype), np.dtype(settings.feature_dtype)
     fields = {"xyz": np.empty((n, settings.points, 3), xyz_dtype),
-              "label": np.empty(n, np.int32), "source_index": np.arange(start, stop, dtype=np.int64)}
+              "label": np.empty(n, np.int32),
+              "source_index": np.arange(start, stop, dtype=np.int64)}
     if plan["has_rgb"]:
         fields["rgb"] = np.empty((n, settings.points, 3), np.float16)
     if plan["image_dim"]:
@@ -273,7 +276,8 @@ def _finished_entry(path: str) -> Optional[dict]:
 
 def _remove_temporaries(out_dir: str) -> None:
     for name in os.listdir(out_dir):
-        if ".tmp" in name and (name.startswith("shard-") or name.endswith(".npy") or ".json" in name):
+        ours = name.startswith("shard-") or name.endswith(".npy") or ".json" in name
+        if ".tmp" in name and ours:
             os.remove(os.path.join(out_dir, name))
 
 
@@ -292,7 +296,7 @@ def pack(source_spec, out_dir: str, settings: Optional[PackSettings] = None, *,
     settings.check()
     teachers = teachers or Teachers()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int, got {workers!r}")
+        raise InputError(f"workers must be a positive int, got {workers!r}")
     if isinstance(source_spec, str):
         options = {"subset": subset, "whole": whole} if source_spec.startswith("shapenet:") else {}
         source = open_source(source_spec, **options)
@@ -368,11 +372,11 @@ def read_index(root: str) -> dict:
     """The pack's index.json; clear errors for a missing, unfinished or foreign folder."""
     path = os.path.join(root, INDEX)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"packed dataset folder not found: {root}")
+        raise DatasetNotFoundError(f"packed dataset folder not found: {root}")
     if not os.path.isfile(path):
         hint = " (an unfinished pack: run `recon-fast pack` again with the same --out)" \
             if os.path.isfile(os.path.join(root, PLAN)) else ""
-        raise FileNotFoundError(f"packed dataset index not found: {path}{hint}")
+        raise DatasetNotFoundError(f"packed dataset index not found: {path}{hint}")
     try:
         with open(path, encoding="utf-8") as f:
             index = json.load(f)
@@ -384,7 +388,8 @@ def read_index(root: str) -> dict:
 
 
 def verify_pack(root: str) -> list[tuple[str, str]]:
-    """Check every shard fully (header, size, field and file CRC-32s); (file, problem) per bad one."""
+    """Check every shard fully (header, size, field and file CRC-32s): (file, problem) of each
+    bad one."""
     from recon_fast.data.packed.shard import verify_shard
 
     index = read_index(root)

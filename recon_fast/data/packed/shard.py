@@ -25,7 +25,7 @@ from typing import Mapping
 
 import numpy as np
 
-from recon_fast.data.io import DatasetFileError
+from recon_fast.errors import DatasetFileError
 
 MAGIC = b"RFSHARD1"
 SUFFIX = ".rfshard"
@@ -167,7 +167,8 @@ class Shard:
         for name, spec in self.header["fields"].items():
             shape = tuple(int(s) for s in spec["shape"])
             if shape[0] != self.count:
-                raise ShardError(path, f"field {name!r} has {shape[0]} rows, header says {self.count}")
+                raise ShardError(path, f"field {name!r} has {shape[0]} rows, the header says "
+                                       f"{self.count}")
             self.fields[name] = np.memmap(path, dtype=np.dtype(spec["dtype"]), mode="r",
                                           offset=self.header["data_start"] + int(spec["offset"]),
                                           shape=shape)
@@ -177,7 +178,8 @@ class Shard:
         return self.fields[name][rows]
 
     def check_samples(self, rows: np.ndarray) -> None:
-        """Recompute the per-sample CRC-32 of `rows`; ShardError naming shard and row on mismatch."""
+        """Recompute the per-sample CRC-32 of `rows`; ShardError naming shard and row if one
+        differs."""
         stored = self.fields[SAMPLE_CRC][rows]
         actual = sample_crcs(self.fields, rows)
         bad = np.flatnonzero(stored != actual)

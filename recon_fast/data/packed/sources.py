@@ -29,7 +29,8 @@ from typing import Optional
 
 import numpy as np
 
-from recon_fast.data.io import DatasetFileError, check_point_array, read_npy_points, require_file
+from recon_fast.data.io import check_point_array, read_npy_points, require_file
+from recon_fast.errors import DatasetFileError, DatasetNotFoundError, InputError
 
 SOURCE_KINDS = ("shapenet", "openshape")
 
@@ -49,7 +50,7 @@ def parse_source(spec: str) -> tuple[str, str]:
     """'shapenet:/data/ShapeNet55-34' -> ('shapenet', '/data/ShapeNet55-34')."""
     kind, sep, path = spec.partition(":")
     if not sep or kind not in SOURCE_KINDS or not path:
-        raise ValueError(f"--source {spec!r} must be <kind>:<path> with kind one of {SOURCE_KINDS}")
+        raise InputError(f"--source {spec!r} must be <kind>:<path> with kind one of {SOURCE_KINDS}")
     return kind, os.path.expanduser(path)
 
 
@@ -99,7 +100,7 @@ class OpenShapeSource:
     def __init__(self, root: str):
         self.root = root
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"OpenShape folder not found: {root}")
+            raise DatasetNotFoundError(f"OpenShape folder not found: {root}")
         split = os.path.join(root, self.SPLIT)
         self.files = self._from_split(split) if os.path.isfile(split) else self._from_glob(root)
         if not self.files:
@@ -110,8 +111,8 @@ class OpenShapeSource:
         with open(split, encoding="utf-8") as f:
             records = json.load(f)
         try:
-            return [os.path.join(self.root, self.DATA_DIR, r["dataset"], r["group"], r["id"] + ".npy")
-                    for r in records]
+            return [os.path.join(self.root, self.DATA_DIR, r["dataset"], r["group"],
+                                 r["id"] + ".npy") for r in records]
         except (TypeError, KeyError) as e:
             raise DatasetFileError(split, f"records need 'dataset', 'group' and 'id' ({e})") from e
 
@@ -211,7 +212,8 @@ def _stack(rows: list, path: str, what: str) -> Optional[np.ndarray]:
     if not rows:
         return None
     if len({r.size for r in rows}) != 1:
-        raise DatasetFileError(path, f"{what} features differ in size: {sorted({r.size for r in rows})}")
+        sizes = sorted({r.size for r in rows})
+        raise DatasetFileError(path, f"{what} features differ in size: {sizes}")
     return np.stack(rows)
 
 

@@ -47,6 +47,7 @@ from recon_fast.data.packed.order import EpochOrder, rank_range
 from recon_fast.data.packed.pack import TEXT_TABLE, read_index
 from recon_fast.data.packed.shard import Shard, ShardError, verify_shard
 from recon_fast.data.prompts import NUM_PREFIXES, NUM_SUFFIXES
+from recon_fast.errors import InputError
 
 
 def _check_entry_on_disk(path: str, entry: dict) -> None:
@@ -86,10 +87,10 @@ class PackedDataset(Dataset):
         self.index = read_index(root)
         stored = int(self.index["settings"]["points"])
         if isinstance(npoints, bool) or not isinstance(npoints, int) or not 0 < npoints <= stored:
-            raise ValueError(f"npoints must be in [1, {stored}] (points stored in {root}), "
+            raise InputError(f"npoints must be in [1, {stored}] (points stored in {root}), "
                              f"got {npoints!r}")
         if with_rgb and not self.index.get("has_rgb"):
-            raise ValueError(f"with_rgb: {root} was packed without rgb (pack with --rgb)")
+            raise InputError(f"with_rgb: {root} was packed without rgb (pack with --rgb)")
         self.npoints, self.seed, self.with_rgb = npoints, seed, with_rgb
         self.sample_on_device = sample_on_device
         self.verify_samples = verify_samples
@@ -261,7 +262,7 @@ class PackedSampler(Sampler):
     def __init__(self, dataset: PackedDataset, *, shuffle: bool = True, seed: int = 0,
                  rank: int = 0, world: int = 1, shuffle_buffer: int = 16384):
         if not 0 <= rank < world:
-            raise ValueError(f"rank must be in [0, world={world}), got {rank}")
+            raise InputError(f"rank must be in [0, world={world}), got {rank}")
         self.shard_counts = dataset.shard_counts
         self.size = int(self.shard_counts.sum())
         self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
@@ -293,7 +294,7 @@ def packed_loader(dataset: PackedDataset, batch_size: int, *, train: bool, seed:
                   prefetch_factor: int = 4) -> tuple[DataLoader, PackedSampler]:
     """Loader over `dataset`: shuffled and last partial batch dropped only when `train`."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     sampler = PackedSampler(dataset, shuffle=train, seed=seed, rank=rank, world=world,
                             shuffle_buffer=shuffle_buffer)
     batches = BatchSampler(sampler, batch_size, drop_last=train)
