@@ -12,7 +12,11 @@ CUDA_HOME / CUDA_PATH      the CUDA toolkit to use (default: found from nvcc, /u
 TORCH_CUDA_ARCH_LIST       GPU architectures (default "8.0;8.6;9.0+PTX": Ampere and Hopper,
                            PTX so newer GPUs JIT-compile instead of failing).
 NVCC_FLAGS                 extra flags appended to every nvcc call.
-RECON_FAST_PORTABLE=1      do not tune the CPU code for the build machine (-march=native).
+RECON_FAST_NATIVE=1        tune every CPU file for the build machine (-march=native). Off by
+                           default: the CPU kernels carry baseline, AVX2 and AVX-512 copies and
+                           pick one at run time, so a default build runs on any CPU of its
+                           architecture (a native build may die with an illegal instruction on
+                           another machine).
 MAX_JOBS                   parallel compile jobs (default: the number of CPU cores).
 """
 
@@ -124,8 +128,8 @@ def _cxx_flags():
     flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
     # -ffp-contract=off keeps every multiply and add separately rounded, so distances are bitwise
     # the same as the plain-PyTorch reference and index ties resolve the same way.
-    if not _flag("RECON_FAST_PORTABLE"):
-        flags.append("-march=native")
+    if _flag("RECON_FAST_NATIVE"):
+        flags += ["-march=native", "-DRECON_FAST_NATIVE=1"]
     return flags
 
 

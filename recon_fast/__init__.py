@@ -15,8 +15,17 @@ __version__ = "0.1.0"
 
 
 def build_info():
-    """What the compiled extension contains: {'cuda': bool, 'cuda_archs': str, 'openmp': bool, ...}."""
+    """What the compiled extension contains and which CPU kernels it runs.
+
+    Keys: ``cuda`` (CUDA kernels built), ``openmp``, ``cpu_capability`` (the SIMD path in use:
+    ``baseline``, ``avx2`` or ``avx512``), ``cpu_capabilities`` (every path this CPU supports),
+    ``cpu_native`` (built with ``RECON_FAST_NATIVE=1``).
+    """
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "build_info", "ReconFastError", "ExtensionNotBuiltError", "__version__"]
+from recon_fast._extension import (  # noqa: E402
+    cpu_capability, set_cpu_capability, use_cpu_capability)
+
+__all__ = ["ops", "build_info", "cpu_capability", "set_cpu_capability", "use_cpu_capability",
+           "ReconFastError", "ExtensionNotBuiltError", "__version__"]

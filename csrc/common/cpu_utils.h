@@ -1,16 +1,23 @@
-// Helpers for the CPU kernels: accumulation types, structure-of-arrays copies of clouds (so the
-// distance loops vectorise), portable SIMD vectors, and the distance formulas every kernel and
-// the Python reference share.
+// Capability-independent helpers of the CPU kernels: accumulation types, scalar distance formulas
+// every kernel and the Python reference share, lengths, and work splitting. Code here is compiled
+// for the baseline instruction set and may be inlined into any capability's kernels (see
+// cpu_multiversion.h); vector code lives in cpu_simd.h.
 #pragma once
 
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <numeric>
+#include <type_traits>
 #include <vector>
 
 namespace recon_fast {
@@ -19,58 +26,17 @@ namespace recon_fast {
 template <typename scalar_t>
 using acc_type = at::opmath_type<scalar_t>;
 
-// GCC/Clang vector extensions: 64-byte vectors that the compiler maps onto AVX-512, AVX2 or SSE
-// (whatever -march allows), so one source serves every x86/ARM target.
-template <typename T>
-struct Simd;
-template <>
-struct Simd<float> {
-  typedef float vec __attribute__((vector_size(64)));
-  typedef int32_t ivec __attribute__((vector_size(64)));
-  static constexpr int width = 16;
-};
-template <>
-struct Simd<double> {
-  typedef double vec __attribute__((vector_size(64)));
-  typedef int64_t ivec __attribute__((vector_size(64)));
-  static constexpr int width = 8;
-};
-
-template <typename T>
-inline typename Simd<T>::vec simd_splat(T v) {
-  typename Simd<T>::vec r;
-  for (int i = 0; i < Simd<T>::width; ++i) r[i] = v;
-  return r;
-}
-
-template <typename T>
-inline typename Simd<T>::vec simd_load(const T* p) {
-  typename Simd<T>::vec r;
-  __builtin_memcpy(&r, p, sizeof(r));
-  return r;
-}
-
-template <typename T>
-inline void simd_store(T* p, typename Simd<T>::vec v) {
-  __builtin_memcpy(p, &v, sizeof(v));
-}
-
 // Distances in the one order every implementation uses, ((dx*dx + dy*dy) + dz*dz), with no fused
 // multiply-add (built with -ffp-contract=off), so CPU, CUDA and the PyTorch reference agree
 // bit for bit and break ties identically.
-template <typename V>
-inline V sq_dist3(V dx, V dy, V dz) {
+template <typename T>
+inline T sq_dist3(T dx, T dy, T dz) {
   return (dx * dx + dy * dy) + dz * dz;
 }
 
 template <typename T>
 inline T abs_dist3(T dx, T dy, T dz) {
   return (std::abs(dx) + std::abs(dy)) + std::abs(dz);
-}
-
-template <typename T>
-inline typename Simd<T>::vec simd_abs(typename Simd<T>::vec v) {
-  return v < 0 ? -v : v;
 }
 
 template <int Norm, typename T>
@@ -81,39 +47,6 @@ inline T point_dist(T dx, T dy, T dz) {
     return abs_dist3(dx, dy, dz);
   }
 }
-
-template <int Norm, typename T>
-inline typename Simd<T>::vec simd_point_dist(typename Simd<T>::vec dx, typename Simd<T>::vec dy,
-                                             typename Simd<T>::vec dz) {
-  if constexpr (Norm == 2) {
-    return sq_dist3(dx, dy, dz);
-  } else {
-    return (simd_abs<T>(dx) + simd_abs<T>(dy)) + simd_abs<T>(dz);
-  }
-}
-
-// A cloud as three coordinate arrays in the accumulation type, padded to a multiple of the SIMD
-// width with `pad` so that whole vectors can always be loaded.
-template <typename T>
-struct SoaCloud {
-  std::vector<T> x, y, z;
-  int64_t size = 0;
-
-  template <typename scalar_t>
-  void load(const scalar_t* xyz, int64_t n, T pad) {
-    size = n;
-    const int64_t padded = (n + Simd<T>::width - 1) / Simd<T>::width * Simd<T>::width;
-    x.assign(padded, pad);
-    y.assign(padded, pad);
-    z.assign(padded, pad);
-    for (int64_t i = 0; i < n; ++i) {
-      x[i] = static_cast<T>(xyz[3 * i + 0]);
-      y[i] = static_cast<T>(xyz[3 * i + 1]);
-      z[i] = static_cast<T>(xyz[3 * i + 2]);
-    }
-  }
-  int64_t padded_size() const { return static_cast<int64_t>(x.size()); }
-};
 
 // Reads lengths (int64, (B,)) into a vector, checking 0 <= length <= max_len.
 inline std::vector<int64_t> read_lengths(const at::Tensor& lengths, int64_t max_len,
@@ -127,6 +60,28 @@ inline std::vector<int64_t> read_lengths(const at::Tensor& lengths, int64_t max_
     out[b] = p[b];
   }
   return out;
+}
+
+// Runs fn(begin, end) over [0, total) in chunks of `grain` items that the threads take from a
+// shared counter. at::parallel_for alone gives each thread a fixed share up front, so on a busy
+// machine one descheduled thread holds the whole call back (a 2-thread FPS ran 3x slower than
+// 1 thread next to other CPU-bound processes); here a late thread finds the work already done.
+template <typename F>
+void parallel_chunks(int64_t total, int64_t grain, const F& fn) {
+  if (total <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  const int64_t chunks = (total + grain - 1) / grain;
+  if (chunks == 1 || at::get_num_threads() == 1 || at::in_parallel_region()) {
+    fn(int64_t(0), total);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(chunks, at::get_num_threads()), 1,
+                   [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
+      fn(c * grain, std::min(total, (c + 1) * grain));
+    }
+  });
 }
 
 }  // namespace recon_fast

@@ -28,7 +28,10 @@ struct KdTree {
     bool is_leaf() const { return left < 0; }
   };
 
-  std::vector<T> x, y, z;        // permuted coordinates
+  // Widest vector of T (AVX-512 floats): the padding after the permuted coordinates.
+  static constexpr int64_t kSimdPad = 16;
+
+  std::vector<T> x, y, z;        // permuted coordinates (+ kSimdPad zeros)
   std::vector<int64_t> index;    // original index of each slot
   std::vector<Node> nodes;       // nodes[0] is the root (when not empty)
   int32_t leaf_size = 32;
@@ -42,9 +45,15 @@ struct KdTree {
     if (n == 0) return;
     nodes.reserve(static_cast<size_t>(4 * n / std::max<int32_t>(leaf, 1) + 4));
     build_node(xs, ys, zs, 0, static_cast<int32_t>(n));
-    x.resize(n);
-    y.resize(n);
-    z.resize(n);
+    // Inside a leaf, slots follow the original index, so a vectorised leaf scan that keeps the
+    // first of equal candidates keeps the lowest index, as brute force does.
+    for (const Node& node : nodes) {
+      if (node.is_leaf()) std::sort(index.begin() + node.begin, index.begin() + node.end);
+    }
+    // kSimdPad zero slots past the end let a leaf be read in whole vectors.
+    x.assign(n + kSimdPad, T(0));
+    y.assign(n + kSimdPad, T(0));
+    z.assign(n + kSimdPad, T(0));
     for (int64_t s = 0; s < n; ++s) {
       x[s] = xs[index[s]];
       y[s] = ys[index[s]];
