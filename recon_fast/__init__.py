@@ -19,9 +19,12 @@ def build_info():
 
     Keys: ``cuda`` (CUDA kernels built), ``openmp``, ``cpu_capability`` (the SIMD path in use:
     ``baseline``, ``avx2`` or ``avx512``), ``cpu_capabilities`` (every path this CPU supports),
-    ``cpu_native`` (built with ``RECON_FAST_NATIVE=1``).
+    ``cpu_native`` (built with ``RECON_FAST_NATIVE=1``). ``cpu_simd`` is the former name of
+    ``cpu_capability``, kept for code that reads it.
     """
-    return dict(_C.build_info())
+    info = dict(_C.build_info())
+    info["cpu_simd"] = info["cpu_capability"]
+    return info
 
 
 from recon_fast._extension import (  # noqa: E402
