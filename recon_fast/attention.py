@@ -35,7 +35,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from recon_fast.ops._validation import FLOAT_DTYPES, describe, length_vector
+from recon_fast.ops.validate import FLOAT_DTYPES, accumulation_dtype, describe, length_vector
 
 BACKENDS = ("auto", "triton", "sdpa", "eager")
 _TRITON_AUTO_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -199,10 +199,6 @@ def _scale(q_width: int, num_heads: int) -> float:
     return (q_width // num_heads) ** -0.5
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _grads_into(kernels, packed: torch.Tensor, parts: int, num_heads: int):
     """A contiguous gradient for `packed` and the kernels' views into it."""
     grad = torch.empty(packed.shape, dtype=packed.dtype, device=packed.device)
@@ -284,7 +280,7 @@ def _triton_recon_backward(grad_self: torch.Tensor, grad_cross: torch.Tensor, qk
 @_triton_self.register_fake
 def _(qkv, num_heads, key_lengths):
     B, T, width = qkv.shape
-    return qkv.new_empty(B, T, width // 3), qkv.new_empty(B, num_heads, T, dtype=_acc(qkv.dtype))
+    return qkv.new_empty(B, T, width // 3), qkv.new_empty(B, num_heads, T, dtype=accumulation_dtype(qkv.dtype))
 
 
 @_triton_self_backward.register_fake
@@ -295,7 +291,7 @@ def _(grad_out, qkv, out, lse, num_heads, key_lengths):
 @_triton_cross.register_fake
 def _(q, kv, num_heads, key_lengths):
     B, Tq, C = q.shape
-    return q.new_empty(B, Tq, C), q.new_empty(B, num_heads, Tq, dtype=_acc(q.dtype))
+    return q.new_empty(B, Tq, C), q.new_empty(B, num_heads, Tq, dtype=accumulation_dtype(q.dtype))
 
 
 @_triton_cross_backward.register_fake
@@ -307,7 +303,7 @@ def _(grad_out, q, kv, out, lse, num_heads, key_lengths):
 def _(qkv, q_cross, kv_cross, num_heads, key_lengths):
     B, T, _ = qkv.shape
     Tq, C = q_cross.shape[1], q_cross.shape[2]
-    acc = _acc(qkv.dtype)
+    acc = accumulation_dtype(qkv.dtype)
     return (qkv.new_empty(B, T, C), qkv.new_empty(B, num_heads, T, dtype=acc),
             qkv.new_empty(B, Tq, C), qkv.new_empty(B, num_heads, Tq, dtype=acc))
 

@@ -17,7 +17,10 @@ import json
 import sys
 import time
 
+from recon_fast.attention import BACKENDS
 from recon_fast.errors import InputError, ReconFastError
+from recon_fast.train.evaluate import PROTOCOL_MODELS
+from recon_fast.train.runtime import AMP_CHOICES, IMAGE_TEACHER_MODES
 
 
 def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
@@ -46,10 +49,10 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     g.add_argument("--log-every", type=int, default=20, help="log losses every N steps (default 20)")
     h = p.add_argument_group("hardware")
     h.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
-    h.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+    h.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="mixed precision: auto = bf16 on CUDA, fp32 on the CPU")
     h.add_argument("--compile", action="store_true", help="torch.compile the model")
-    h.add_argument("--attention-backend", choices=["auto", "triton", "sdpa", "eager"],
+    h.add_argument("--attention-backend", choices=BACKENDS,
                    help="attention implementation (default: the config's, else auto)")
     h.add_argument("--workers", type=int, default=4, help="DataLoader workers (default 4)")
     h.add_argument("--validate-data", action="store_true",
@@ -64,7 +67,7 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
                         "for a smoke run (features are meaningless); default: look in local caches")
     d.add_argument("--image-teacher-weights",
                    help="timm ViT image teacher weights file (default: timm's local cache)")
-    d.add_argument("--image-teacher", default="cache", choices=["cache", "online", "off"],
+    d.add_argument("--image-teacher", default="cache", choices=IMAGE_TEACHER_MODES,
                    help="image targets: cached centre-view features (fast), the online teacher on "
                         "augmented renders (official), or no image distillation")
     d.add_argument("--data", metavar="packed:DIR",
@@ -230,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--folds", default="0-9", help="folds to run, e.g. 0-9 or 0,3,5 (default 0-9)")
     s.set_defaults(func=_fewshot)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint: svm, zeroshot or vote")
-    e.add_argument("protocol", choices=["svm", "zeroshot", "vote", "accuracy"],
+    e = sub.add_parser("eval", help="evaluate a checkpoint: svm, zeroshot, vote or accuracy")
+    e.add_argument("protocol", choices=sorted(PROTOCOL_MODELS),
                    help="svm: linear SVM on frozen features; zeroshot: CLIP prompts; vote: "
                         "test-time voting; accuracy: plain-FPS accuracy")
     e.add_argument("--ckpt", required=True, help="checkpoint to evaluate")

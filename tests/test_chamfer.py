@@ -42,10 +42,19 @@ def test_chamfer_ragged_lengths(device):
 
 def test_chamfer_l2_and_l1_match_point_mae(device):
     x, y = torch.rand(8, 32, 3), torch.rand(8, 32, 3)
-    assert_close(ops.chamfer_distance(x.to(device), y.to(device), norm=2).cpu(),
+    assert_close(ops.chamfer_distance(x.to(device), y.to(device), distance="squared").cpu(),
                  chamfer_l2_reference(x, y))
-    assert_close(ops.chamfer_distance(x.to(device), y.to(device), norm=1).cpu(),
+    assert_close(ops.chamfer_distance(x.to(device), y.to(device), distance="euclidean").cpu(),
                  chamfer_l1_reference(x, y))
+    assert_close(ops.chamfer_distance(x.to(device), y.to(device)).cpu(), chamfer_l2_reference(x, y))
+
+
+@pytest.mark.parametrize("norm,reference", [(2, chamfer_l2_reference), (1, chamfer_l1_reference)])
+def test_chamfer_distance_norm_is_a_deprecated_alias(norm, reference):
+    x, y = torch.rand(4, 16, 3), torch.rand(4, 20, 3)
+    with pytest.warns(DeprecationWarning, match="distance='squared'.*distance='euclidean'"):
+        got = ops.chamfer_distance(x, y, norm=norm)
+    assert_close(got, reference(x, y))
 
 
 def test_chamfer_distance_is_zero_for_identical_clouds_and_symmetric(device):
@@ -83,7 +92,9 @@ def test_chamfer_gradcheck(device, norm):
         return r.dist_xy, r.dist_yx
 
     assert torch.autograd.gradcheck(both, (x, y))
-    assert torch.autograd.gradcheck(lambda a, b: ops.chamfer_distance(a, b, norm=norm), (x, y))
+    distance = {2: "squared", 1: "euclidean"}[norm]
+    assert torch.autograd.gradcheck(lambda a, b: ops.chamfer_distance(a, b, distance=distance),
+                                    (x, y))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -123,7 +134,9 @@ def test_chamfer_distance_bad_arguments():
     x = torch.rand(1, 3, 3)
     with pytest.raises(ValueError, match="reduction must be"):
         ops.chamfer_distance(x, x, reduction="avg")
-    with pytest.raises(ValueError, match="norm must be 1"):
+    with pytest.raises(ValueError, match="distance must be one of"):
+        ops.chamfer_distance(x, x, distance="l1")
+    with pytest.raises(ValueError, match="norm must be 1"), pytest.warns(DeprecationWarning):
         ops.chamfer_distance(x, x, norm=3)
 
 

@@ -24,7 +24,22 @@ def needs_cuda_build(test):
 
 
 def test_build_info_reports_cuda_flag():
-    assert isinstance(CUDA_BUILD, bool)
+    # The flag must tell the truth about the registered kernels (and the documented keys exist).
+    assert {"cuda", "openmp", "cpu_simd"} <= set(recon_fast.build_info())
+    for op in OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"recon_fast::{op}", "CUDA") == \
+            CUDA_BUILD, op
+
+
+@pytest.mark.skipif(CUDA_BUILD, reason="the message is for CPU-only builds")
+def test_cpu_only_build_names_the_missing_cuda_kernels():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():  # a CUDA tensor without a GPU: metadata only
+        xyz = torch.empty(2, 16, 3, device="cuda")
+        with pytest.raises(recon_fast.errors.NotCompiledError,
+                           match="xyz is on cuda.*built without CUDA kernels: rebuild with nvcc"):
+            ops.fps(xyz, 4)
 
 
 @pytest.mark.parametrize("op", OPS)

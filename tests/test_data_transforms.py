@@ -224,23 +224,48 @@ def test_build_loader_train_and_eval_rules():
         build_loader(_Numbers(), 2, train=True, distributed=True)
 
 
-def test_build_loader_seeds_numpy_per_worker():
-    loader = build_loader(_Numbers(), 1, train=False, workers=2, persistent_workers=False)
-    batches = list(loader)
-    # Items 0 and 1 are the first numpy draws of workers 0 and 1, seeded from their torch seeds.
-    for batch in batches[:2]:
-        seed = int(batch["seed"]) % 2 ** 32
-        assert float(batch["np"]) == np.random.RandomState(seed).random_sample()
-    assert batches[0]["seed"] != batches[1]["seed"]
+def _restated_item_seed(seed, epoch, index):
+    """The documented item seed: blake2b-64 of "seed/epoch/index", top bit cleared."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def test_build_loader_distributed_sampler(tmp_path):
+def test_build_loader_items_draw_the_same_in_any_worker():
+    in_main = list(build_loader(_Numbers(), 1, train=False, workers=0, seed=5))
+    in_workers = list(build_loader(_Numbers(), 1, train=False, workers=2, seed=5))
+    assert [float(b["np"]) for b in in_main] == [float(b["np"]) for b in in_workers]
+    for batch in in_main:
+        index = int(batch["i"])
+        expected = np.random.RandomState(_restated_item_seed(5, 0, index) % 2**32).random_sample()
+        assert float(batch["np"]) == expected
+        assert int(batch["seed"]) == _restated_item_seed(5, 0, index)
+    assert len({float(b["np"]) for b in in_main}) == len(in_main)
+
+
+def test_build_loader_resumes_mid_epoch():
+    loader = build_loader(_Numbers(), 2, train=True, workers=0, seed=1)
+    sampler = loader.batch_sampler.sampler
+    sampler.set_epoch(3)
+    whole = [b["i"].tolist() for b in loader]
+    sampler.set_epoch(3, start=4)  # two batches of 2 already seen
+    assert [b["i"].tolist() for b in loader] == whole[2:]
+    sampler.set_epoch(4)
+    assert [b["i"].tolist() for b in loader] != whole  # a new order each epoch
+
+
+def test_build_loader_shards_over_ranks(tmp_path):
+    shards = [list(build_loader(_Numbers(), 1, train=False, workers=0, rank=r, world=3))
+              for r in range(3)]
+    seen = sorted(int(b["i"]) for shard in shards for b in shard)
+    assert seen == sorted(list(range(10)) + [0, 1])  # padded to 4 per rank like DistributedSampler
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
                             world_size=1)
     try:
         loader = build_loader(_Numbers(), 3, train=True, workers=0)
-        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
-        assert loader.drop_last and loader.sampler.shuffle
-        assert len(list(loader)) == 3
+        sampler = loader.batch_sampler.sampler
+        assert (sampler.rank, sampler.world, sampler.shuffle) == (0, 1, True)
+        assert loader.batch_sampler.drop_last and len(list(loader)) == 3
     finally:
         dist.destroy_process_group()

@@ -1,8 +1,8 @@
-"""Embedded procedural dataset: surface samplers, renders, determinism, layout, speed."""
+"""Embedded procedural dataset: surface samplers, renders, determinism, layout (its generation
+time is measured in bench/bench_embedded.py)."""
 
 import math
 import os
-import time
 
 import numpy as np
 import pytest
@@ -159,25 +159,20 @@ def test_embedded_reads_as_shapenet_and_as_classification(tmp_path):
         "EmbeddedShapes"
 
 
-def test_generation_speed(tmp_path):
-    """The default set (16 classes x 32 shapes of 8192 points) must build in ~20 s on 2 cores;
-    time one shape per class at full size and extrapolate."""
+def test_generated_clouds_have_the_full_size(tmp_path):
+    """One train and one test shape per class at full size (the generation time of the default
+    set is measured in bench/bench_embedded.py)."""
     config = EmbeddedConfig(seed=0, shapes_per_class=2, test_per_class=1)
-    start = time.perf_counter()
     generate_embedded(str(tmp_path), config, progress=False)
-    per_shape = (time.perf_counter() - start) / (2 * len(EMBEDDED_CLASS_NAMES))
-    default_shapes = len(EMBEDDED_CLASS_NAMES) * EmbeddedConfig().shapes_per_class
-    assert per_shape * default_shapes < 20.0, f"{per_shape * 1e3:.1f} ms per shape"
-    points = np.load(next(iter(sorted((tmp_path / "shapenet_pc").iterdir()))))
+    files = sorted((tmp_path / "shapenet_pc").iterdir())
+    assert len(files) == 2 * len(EMBEDDED_CLASS_NAMES)
+    points = np.load(files[0])
     assert points.shape == (8192, 3) and points.dtype == np.float32
 
 
 @pytest.mark.slow
 def test_default_embedded_set(tmp_path):
-    start = time.perf_counter()
     emb = prepare_embedded(str(tmp_path), progress=False)
-    took = time.perf_counter() - start
-    assert took < 40.0
     assert len(emb.pretrain_dataset(whole=True, image="none")) == 16 * 32
     assert len(emb.classification_dataset("test")) == 16 * 8
     item = emb.pretrain_dataset()[0]

@@ -78,7 +78,7 @@ def test_pretraining_lowers_losses_and_resumes_exactly(tmp_path, cache_dir):
     replayed = part["losses"][:saved_at] + rest["losses"]
     assert replayed == losses, "the resumed run diverged from the uninterrupted one"
     # Training switches the ops' data checks off inside its steps and restores them after.
-    from recon_fast.ops._validation import data_checks_enabled
+    from recon_fast.ops.validate import data_checks_enabled
 
     assert data_checks_enabled()
 

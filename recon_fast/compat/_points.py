@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from recon_fast.ops._validation import describe
+from recon_fast.ops.validate import describe
 
 ANY_D_PENDING = ("kNN and farthest point sampling over more than 3 dimensions are pending "
                  "(the kernels are specialised for xyz)")

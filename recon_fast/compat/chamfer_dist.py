@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from recon_fast.ops import chamfer, chamfer_distance
-from recon_fast.ops._validation import check_pair, check_points, describe
+from recon_fast.ops.validate import check_pair, check_points, describe
 
 
 def _check_clouds(xyz1, xyz2) -> None:
@@ -77,7 +77,7 @@ class ChamferDistanceL2(_ChamferModule):
 
     def forward(self, xyz1: torch.Tensor, xyz2: torch.Tensor) -> torch.Tensor:
         xyz1, xyz2 = _drop_zero_points(xyz1, xyz2, self.ignore_zeros)
-        return chamfer_distance(xyz1, xyz2, norm=2)
+        return chamfer_distance(xyz1, xyz2, distance="squared")
 
 
 class ChamferDistanceL2_split(_ChamferModule):  # noqa: N801 (the original's name)
@@ -96,7 +96,7 @@ class ChamferDistanceL1(_ChamferModule):
 
     def forward(self, xyz1: torch.Tensor, xyz2: torch.Tensor) -> torch.Tensor:
         xyz1, xyz2 = _drop_zero_points(xyz1, xyz2, self.ignore_zeros)
-        return chamfer_distance(xyz1, xyz2, norm=1)
+        return chamfer_distance(xyz1, xyz2, distance="euclidean")
 
 
 __all__ = ["ChamferFunction", "ChamferDistanceL1", "ChamferDistanceL2", "ChamferDistanceL2_split"]

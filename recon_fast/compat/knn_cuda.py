@@ -31,7 +31,7 @@ from torch import nn
 
 from recon_fast.compat._points import as_xyz
 from recon_fast.ops import knn as ops_knn
-from recon_fast.ops._validation import FLOAT_DTYPES, check_count, describe
+from recon_fast.ops.validate import FLOAT_DTYPES, accumulation_dtype, check_count, describe
 
 __version__ = "0.2"
 
@@ -50,7 +50,7 @@ def _nearest(ref: torch.Tensor, query: torch.Tensor, k: int):
     k = check_count(k, "k", 1, max(N, 1), f"number of neighbours; ref has N = {N} points")
     if N == 0:
         raise ValueError(f"ref is empty ({describe(ref)}): there are no neighbours to find")
-    out_dtype = torch.float64 if ref.dtype == torch.float64 else torch.float32
+    out_dtype = accumulation_dtype(ref.dtype)
     with torch.no_grad():
         found = ops_knn(as_xyz(query.to(out_dtype), "query"), as_xyz(ref.to(out_dtype), "ref"), k)
         return found.dists.sqrt(), found.idx

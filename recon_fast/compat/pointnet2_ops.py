@@ -53,7 +53,8 @@ from torch import nn
 from recon_fast.ops import POINTNET2_MIN_NORM_SQ, fps, gather_points, knn
 from recon_fast.ops import ball_query as ops_ball_query
 from recon_fast.ops.ball_query import check_radius, pad_with_first
-from recon_fast.ops._validation import FLOAT_DTYPES, check_count, check_points, describe
+from recon_fast.ops.validate import (FLOAT_DTYPES, accumulation_dtype, check_count, check_points,
+                                     describe)
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -134,7 +135,7 @@ def _interpolate_three(features: torch.Tensor, idx: torch.Tensor,
                          f"got {seen}")
     if weight.device != features.device:
         raise ValueError(f"weight is on {weight.device} but features is on {features.device}")
-    acc = torch.float64 if features.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(features.dtype)
     neighbours = gather_points(features.transpose(1, 2), idx)  # (B, n, 3, C)
     mixed = (neighbours.to(acc) * weight.to(acc).unsqueeze(3)).sum(2)  # (B, n, C)
     return mixed.to(features.dtype).transpose(1, 2).contiguous()  # (B, C, n)
@@ -231,7 +232,7 @@ class ThreeInterpolate(torch.autograd.Function):
     def backward(ctx, grad_out):
         idx, weight = ctx.saved_tensors
         B, C, n = grad_out.shape
-        acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(grad_out.dtype)
         g = grad_out.transpose(1, 2).to(acc)  # (B, n, C)
         rows = g[:, :, None, :] * weight.to(acc)[..., None]  # (B, n, 3, C)
         grad = _scatter_rows(rows.reshape(B, n * 3, C), idx.reshape(B, n * 3), ctx.num_points)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from recon_fast.compat._points import as_xyz
 from recon_fast.ops import ball_query as ops_ball_query
 from recon_fast.ops import chamfer, fps, gather_points, knn
-from recon_fast.ops._validation import check_pair, check_points, describe, lengths_or_full
+from recon_fast.ops.validate import check_pair, check_points, describe, lengths_or_full
 
 # pytorch3d's message first (its users' tests match it), then ours with the value seen.
 _NORM_ERROR = "Support for 1 or 2 norm. (norm must be 1 (L1) or 2 (squared L2), got {norm!r})"

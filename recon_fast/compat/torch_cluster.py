@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from recon_fast.compat._points import as_xyz, batch_pointers, pad_flat, pointers_from_ptr
 from recon_fast.ops import ball_query, fps as ops_fps, knn as ops_knn
-from recon_fast.ops._validation import FLOAT_DTYPES, check_count, describe
+from recon_fast.ops.validate import FLOAT_DTYPES, accumulation_dtype, check_count, describe
 
 _FLOWS = ("source_to_target", "target_to_source")
 
@@ -109,7 +109,7 @@ def _edges(found_idx: torch.Tensor, ptr_x: torch.Tensor, ptr_y: torch.Tensor,
 
 
 def _unit(t: torch.Tensor) -> torch.Tensor:
-    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(t.dtype)
     return F.normalize(t.to(acc), dim=-1).to(t.dtype)
 
 

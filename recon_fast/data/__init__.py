@@ -10,7 +10,8 @@ Datasets (items are dicts, batched by the default collate):
 
 Batch-side helpers (on the device): :func:`rotate_y`, :func:`scale_and_translate`, :func:`scale`,
 :func:`train_augmentation`, :func:`vote_augmentation`, :func:`fps_then_random`,
-:func:`fps_sample`, :func:`fps_indices`, :func:`random_subset`; :func:`build_loader`.
+:func:`fps_sample`, :func:`fps_indices`, :func:`random_subset`; :func:`build_loader` (the one
+DataLoader builder, resumable mid-epoch) and :func:`to_device`.
 """
 
 from recon_fast.data.config import dataset_from_config
@@ -19,7 +20,7 @@ from recon_fast.data.embedded import (CLASS_NAMES as EMBEDDED_CLASS_NAMES, Embed
                                       prepare_embedded)
 from recon_fast.data.image import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, RandAugmentMC
 from recon_fast.data.io import DatasetFileError, read_bgr_image, read_category_table
-from recon_fast.data.loader import build_loader, seed_worker
+from recon_fast.data.loader import EpochSampler, build_loader, seed_worker, to_device
 from recon_fast.data.modelnet import (ModelNet, ModelNetFewShot, build_modelnet_cache,
                                       modelnet_class_names)
 from recon_fast.data.pointcloud import (PointcloudRotate, PointcloudScale,
@@ -39,7 +40,7 @@ __all__ = [
     "EmbeddedConfig", "EmbeddedSet", "prepare_embedded", "default_cache_dir",
     "EMBEDDED_CLASS_NAMES", "dataset_from_config", "ImageTransform", "RandAugmentMC",
     "IMAGENET_MEAN", "IMAGENET_STD", "DatasetFileError", "read_bgr_image", "read_category_table",
-    "build_loader", "seed_worker", "pc_norm", "rotate_y", "scale", "scale_and_translate",
+    "build_loader", "EpochSampler", "seed_worker", "to_device", "pc_norm", "rotate_y", "scale", "scale_and_translate",
     "PointcloudRotate", "PointcloudScale", "PointcloudScaleAndTranslate", "train_augmentation",
     "vote_augmentation", "PROMPT_PREFIXES", "PROMPT_SUFFIXES", "NUM_PREFIXES", "NUM_SUFFIXES",
     "NUM_PROMPTS", "build_prompt", "all_prompts", "prompt_ids", "POINT_ALL", "point_all_for",

@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 import torch
 
 from recon_fast.data import fps_indices, fps_sample, point_all_for, random_subset
-from recon_fast.train.runtime import to_device
+from recon_fast.data.loader import to_device
 
 
 @torch.no_grad()

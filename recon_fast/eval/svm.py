@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from recon_fast.data import fps_sample
-from recon_fast.train.runtime import to_device
+from recon_fast.data.loader import build_loader, to_device
 
 
 @torch.no_grad()
@@ -68,7 +68,7 @@ def svm_accuracy_of_pretrained(pretrain_model: torch.nn.Module, config, opts, de
     (with BatchNorm statistics recomputed on extra_train first when config.run.precise_bn)."""
     from recon_fast.data import dataset_from_config
     from recon_fast.model import build_model
-    from recon_fast.train.runtime import unwrap
+    from recon_fast.model.checkpoint import unwrap
 
     for split in ("extra_train", "extra_val"):
         if split not in config.dataset:
@@ -79,8 +79,7 @@ def svm_accuracy_of_pretrained(pretrain_model: torch.nn.Module, config, opts, de
         cfg = config.dataset[split]
         dataset = dataset_from_config(cfg._base_, cfg.get("others", {}), opts.data_root,
                                       cache_dir=opts.cache_dir, progress=False)
-        loaders.append(torch.utils.data.DataLoader(dataset, batch_size=int(config.total_bs),
-                                                   num_workers=0))
+        loaders.append(build_loader(dataset, int(config.total_bs), False, 0, distributed=False))
     npoints = int(config.get("npoints", 1024))
     if config.get("run", {}).get("precise_bn", False):
         recompute_bn_statistics(extractor, loaders[0], npoints, device)
@@ -95,8 +94,6 @@ def svm_model_like(pretrain_model: torch.nn.Module, build_model) -> torch.nn.Mod
     extractor = build_model(type(config)(**{**config.to_dict(), "name": "PointTransformerSVM"}))
     encoder_state = {k[len("MAE_encoder."):]: v for k, v in pretrain_model.state_dict().items()
                      if k.startswith("MAE_encoder.")}
-    encoder_state.update({k: v for k, v in pretrain_model.state_dict().items()
-                          if k.startswith("group_divider.")})
     missing, unexpected = extractor.load_state_dict(encoder_state, strict=False)
     if unexpected:
         raise RuntimeError(f"unexpected encoder keys for the SVM model: {unexpected[:5]}")

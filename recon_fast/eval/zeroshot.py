@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from recon_fast.data import fps_then_random
-from recon_fast.train.runtime import to_device
+from recon_fast.data.loader import to_device
 
 
 @torch.no_grad()

@@ -37,6 +37,8 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
+from recon_fast.ops.validate import accumulation_dtype
+
 # True when triton.language was imported under TRITON_INTERPRET=1: kernels then run on the host
 # (CPU tensors work, CUDA tensors are copied to the host and back).
 INTERPRETED = not isinstance(tl.sum, JITFunction)
@@ -305,8 +307,6 @@ def _next_pow2(n: int, low: int = MIN_BLOCK) -> int:
     return max(low, triton.next_power_of_2(max(n, 1)))
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _precision(dtype: torch.dtype) -> str:

@@ -15,8 +15,8 @@ from typing import Any, Mapping
 import torch.nn as nn
 
 from recon_fast.model.backbone import ReConTransformer
-from recon_fast.model.checkpoint import (LoadReport, load_official_checkpoint, read_state_dict,
-                                         save_checkpoint)
+from recon_fast.model.checkpoint import (LoadReport, load_official_checkpoint, read_checkpoint,
+                                         read_state_dict, save_atomic, save_checkpoint, unwrap)
 from recon_fast.model.config import ReConConfig
 from recon_fast.model.downstream import ReConClassifier, ReConSVMFeatures, ReConZeroShot
 from recon_fast.model.recon import LOSS_KEYS, ReCon
@@ -41,5 +41,5 @@ def build_model(config: ReConConfig | Mapping[str, Any], **overrides: Any) -> nn
 __all__ = [
     "ReConConfig", "ReCon", "ReConTransformer", "ReConClassifier", "ReConZeroShot",
     "ReConSVMFeatures", "build_model", "MODEL_CLASSES", "LOSS_KEYS", "load_official_checkpoint",
-    "save_checkpoint", "read_state_dict", "LoadReport",
+    "save_checkpoint", "read_state_dict", "read_checkpoint", "save_atomic", "unwrap", "LoadReport",
 ]

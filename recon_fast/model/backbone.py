@@ -18,9 +18,7 @@ from recon_fast import attention, ops
 from recon_fast.errors import ConfigError, InputError
 from recon_fast.model.config import ReConConfig
 from recon_fast.model.layers import PatchEncoder, ReConEncoder, position_mlp
-from recon_fast.ops._validation import data_checks_enabled
-
-GLOBAL_TOKENS = ("cls", "img", "text")  # order of the global queries in the token sequence
+from recon_fast.ops.validate import data_checks_enabled
 
 
 def check_points(points, config: ReConConfig) -> None:

@@ -11,9 +11,11 @@ the models here take teacher features as inputs.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,33 +93,19 @@ def read_state_dict(path: str | os.PathLike, *,
     Accepts ``{'base_model': sd, ...}``, ``{'model': sd, ...}`` or a bare state dict.
     ``weights_only=True`` (default) refuses files holding arbitrary pickled objects.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint path is not a file: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path} holds objects that torch.load(weights_only=True) refuses to unpickle "
-            f"({err}); if you trust the file, pass weights_only=False") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {err}") from err
+    ckpt = read_checkpoint(path, weights_only=weights_only)
     state = _find_state_dict(ckpt, path)
     return {_strip_wrappers(k): v for k, v in state.items()}
 
 
-def _find_state_dict(ckpt: Any, path: Path) -> Mapping[str, torch.Tensor]:
-    if isinstance(ckpt, Mapping):
-        for key in STATE_KEYS:
-            if isinstance(ckpt.get(key), Mapping):
-                return ckpt[key]
-        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            return ckpt  # a bare state dict
-        raise CheckpointError(f"{path} has no model state dict: expected a 'base_model' or 'model' "
-                         f"entry (or a bare state dict), found keys {sorted(map(str, ckpt))[:10]}")
-    raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+def _find_state_dict(ckpt: Mapping, path: Path) -> Mapping[str, torch.Tensor]:
+    for key in STATE_KEYS:
+        if isinstance(ckpt.get(key), Mapping):
+            return ckpt[key]
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return ckpt  # a bare state dict
+    raise CheckpointError(f"{path} has no model state dict: expected a 'base_model' or 'model' "
+                          f"entry (or a bare state dict), found keys {sorted(map(str, ckpt))[:10]}")
 
 
 def _strip_wrappers(key: str) -> str:
@@ -210,6 +198,88 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
     if config is not None and hasattr(config, "to_dict"):
         payload["config"] = config.to_dict()
     payload.update(extra)
+    save_atomic(payload, os.fspath(path))
+
+
+# ------------------------------------------------------------------ checkpoint files (one home)
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu", *,
+                    weights_only: bool = True) -> dict:
+    """torch.load a checkpoint dict; every failure is a CheckpointError naming the file.
+
+    ``weights_only=True`` (default) refuses files holding arbitrary pickled objects.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint path is not a file: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for damaged files
+        # A refused class (not damage) reads "Unsupported global"; damage is anything else.
+        if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"{path} holds objects that torch.load(weights_only=True) refuses to unpickle "
+                f"({err}); if you trust the file, pass weights_only=False") from err
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") \
+            from err
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return ckpt
+
+
+class _WriteTarget:
+    """The file torch.save writes to. torch's zip writer turns an OSError of `write` into a
+    RuntimeError ("unexpected pos ..."); this remembers the original, so that a full disk is
+    reported as one."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def save_atomic(obj: dict, path: str) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash mid-write never
+    leaves a truncated checkpoint behind (the previous one stays valid; the trainer's next run
+    removes the temporary file). The file gets the mode that the umask
+    gives new files (mkstemp's own is 0600). A full disk is a CheckpointError saying so."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    target = None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            target = _WriteTarget(f)
+            torch.save(obj, target)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as err:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        cause = target.error if target is not None and target.error is not None else err
+        if isinstance(cause, OSError) and cause.errno in NO_SPACE:
+            raise CheckpointError(f"no space left writing {path} (the previous checkpoint there, "
+                                  "if any, is intact); free some space and resume") from err
+        raise
+

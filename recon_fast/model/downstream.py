@@ -69,6 +69,8 @@ class ReConZeroShot(ReConTransformer):
     """Zero-shot feature (official ``PointTransformerZeroShot``): ``config.zeroshot_type`` "text"
     -> text_proj(text token), "image" -> img_proj(img token), "full" -> ratio * text + image."""
 
+    official_name = "PointTransformerZeroShot"
+
     def __init__(self, config: ReConConfig):
         super().__init__(config, stop_grad=False)
         self.init_global_tokens(include_cls_token=False)

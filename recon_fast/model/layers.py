@@ -218,13 +218,12 @@ class TransformerDecoder(nn.Module):
             Block(dim, num_heads, mlp_ratio, rate, backend)
             for rate in drop_path_schedule(drop_path_rate, depth)])
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Identity()
         self.apply(_init_decoder_weights)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, return_token_num: int) -> torch.Tensor:
         for block in self.blocks:
             x = block(x + pos)
-        return self.head(self.norm(x[:, -return_token_num:]))
+        return self.norm(x[:, -return_token_num:])
 
 
 def _init_decoder_weights(module: nn.Module) -> None:

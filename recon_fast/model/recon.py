@@ -23,7 +23,7 @@ from recon_fast.errors import InputError
 from recon_fast.model.backbone import ReConTransformer, gather_rows
 from recon_fast.model.config import ReConConfig
 from recon_fast.model.layers import TransformerDecoder, init_student_weights, position_mlp
-from recon_fast.ops._validation import data_checks_enabled
+from recon_fast.ops.validate import data_checks_enabled
 
 # Official loss names: reconstruction, image distillation, text distillation.
 LOSS_KEYS = ("mdm", "csc_img", "csc_text")
@@ -134,9 +134,9 @@ class ReCon(nn.Module):
         predicted = self.increase_dim(decoded.transpose(1, 2)).transpose(1, 2)  # (B, M, 3K)
         predicted = predicted.reshape(B * M, K, 3)  # (BM, K, 3)
         target = gather_rows(neighborhood, masked_idx).reshape(B * M, K, 3)  # (BM, K, 3)
-        norm = 2 if self.config.loss == "cdl2" else 1
+        distance = "squared" if self.config.loss == "cdl2" else "euclidean"
         # The prediction may be bf16 under autocast; the loss is taken in the targets' precision.
-        return ops.chamfer_distance(predicted.to(target.dtype), target, norm=norm)
+        return ops.chamfer_distance(predicted.to(target.dtype), target, distance=distance)
 
     def _check_mask(self, mask, center: torch.Tensor) -> torch.Tensor:
         B, G = center.shape[:2]

@@ -1,11 +1,16 @@
-"""Argument checks shared by the public ops: every failure is a ValueError naming the argument."""
+"""Argument checks shared by the public ops: every failure is an InputError (a ValueError) naming
+the argument. Other packages use them through :mod:`recon_fast.ops.validate`."""
 
 from __future__ import annotations
 
+import functools
+import math
 import operator
 
 import numpy as np
 import torch
+
+from recon_fast.errors import InputError, NotCompiledError
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -50,38 +55,56 @@ def describe(t: torch.Tensor) -> str:
     return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
 
 
+@functools.lru_cache(maxsize=None)
+def cuda_kernels_built() -> bool:
+    """Whether the compiled extension holds CUDA kernels (False for a CPU-only build)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("recon_fast::fps", "CUDA")
+
+
+def check_device_built(t: torch.Tensor, name: str) -> None:
+    """A CUDA tensor given to a CPU-only build gets this message, not the dispatcher's."""
+    if t.device.type == "cuda" and not cuda_kernels_built():
+        raise NotCompiledError(f"{name} is on {t.device}, but recon_fast was built without CUDA "
+                               "kernels: rebuild with nvcc (on a machine with the CUDA toolkit, "
+                               "pip install --no-build-isolation -e .)")
+
+
 def check_points(t, name: str, channels: int | None = 3) -> None:
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_device_built(t, name)
     want = f"(B, N, {channels})" if channels else "(B, N, C)"
     if t.dim() != 3:
-        raise ValueError(f"{name} must have shape {want}, got {describe(t)}")
+        raise InputError(f"{name} must have shape {want}, got {describe(t)}")
     if channels and t.shape[2] != channels:
-        raise ValueError(f"{name} must have shape {want} (last dimension {channels}), "
+        raise InputError(f"{name} must have shape {want} (last dimension {channels}), "
                          f"got {describe(t)}")
     if t.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, got {describe(t)}")
+        raise InputError(f"{name} must be float16, bfloat16, float32 or float64, got {describe(t)}")
     if data_checks_enabled() and t.numel() > 0:
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or infinite values ({describe(t)})")
+        # One host read answers both checks: amax is NaN/inf exactly when an entry is. detach:
+        # the check must not join the autograd graph of a tensor that requires grad.
+        worst = float(t.detach().abs().amax())
+        if not math.isfinite(worst):
+            raise InputError(f"{name} contains NaN or infinite values ({describe(t)})")
         if channels == 3:
             # Squared distances of larger coordinates overflow the accumulation type.
             limit = 1e150 if t.dtype == torch.float64 else 1e18
-            if float(t.abs().max()) > limit:
-                raise ValueError(f"{name} has coordinates above {limit:g} in magnitude, whose "
+            if worst > limit:
+                raise InputError(f"{name} has coordinates above {limit:g} in magnitude, whose "
                                  f"squared distances overflow {'float64' if limit > 1e18 else 'float32'}"
                                  f" ({describe(t)}); rescale the clouds")
 
 
 def check_pair(a, a_name: str, b, b_name: str) -> None:
     if a.device != b.device:
-        raise ValueError(f"{a_name} is on {a.device} but {b_name} is on {b.device}; "
+        raise InputError(f"{a_name} is on {a.device} but {b_name} is on {b.device}; "
                          "move both to the same device")
     if a.dtype != b.dtype:
-        raise ValueError(f"{a_name} has dtype {a.dtype} but {b_name} has dtype {b.dtype}; "
+        raise InputError(f"{a_name} has dtype {a.dtype} but {b_name} has dtype {b.dtype}; "
                          "cast one of them")
     if a.shape[0] != b.shape[0]:
-        raise ValueError(f"{a_name} has batch size {a.shape[0]} but {b_name} has batch size "
+        raise InputError(f"{a_name} has batch size {a.shape[0]} but {b_name} has batch size "
                          f"{b.shape[0]} (shapes {tuple(a.shape)} and {tuple(b.shape)})")
 
 
@@ -89,18 +112,18 @@ def as_int(value, name: str) -> int:
     """`value` as a Python int: ints and any integer type that supports ``operator.index``
     (numpy integers, 0-d integer tensors); bools and floats are refused."""
     if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+        raise InputError(f"{name} must be an int, got {type(value).__name__}")
     try:
         return operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} must be an int, got {type(value).__name__}") from None
+        raise InputError(f"{name} must be an int, got {type(value).__name__}") from None
 
 
 def check_count(value, name: str, low: int, high: int, what: str) -> int:
     """`value` as a Python int in [low, high]."""
     value = as_int(value, name)
     if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}] ({what}), got {value}")
+        raise InputError(f"{name} must be in [{low}, {high}] ({what}), got {value}")
     return value
 
 
@@ -113,7 +136,7 @@ def check_backward_indices(idx: torch.Tensor, name: str, size: int) -> None:
     if data_checks_enabled() and idx.numel() > 0 and torch._guards.detect_fake_mode(idx) is None:
         low, high = int(idx.min()), int(idx.max())
         if low < -1 or high >= size:
-            raise ValueError(f"{name} saved for the backward pass holds values in [{low}, {high}], "
+            raise InputError(f"{name} saved for the backward pass holds values in [{low}, {high}], "
                              f"outside [-1, {size}); its gradient would be dropped")
 
 
@@ -124,14 +147,14 @@ def length_vector(lengths, name: str, batch: int, device: torch.device, low: int
     if not isinstance(lengths, torch.Tensor):
         lengths = torch.as_tensor(lengths)
     if lengths.dim() != 1 or lengths.shape[0] != batch:
-        raise ValueError(f"{name} must have shape (B,) = ({batch},), got {describe(lengths)}")
+        raise InputError(f"{name} must have shape (B,) = ({batch},), got {describe(lengths)}")
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integers, got {describe(lengths)}")
+        raise InputError(f"{name} must hold integers, got {describe(lengths)}")
     lengths = lengths.to(device=device, dtype=torch.int64)
     if data_checks_enabled() and batch > 0:
         seen_low, seen_high = int(lengths.min()), int(lengths.max())
         if seen_low < low or seen_high > high:
-            raise ValueError(f"{name} must lie in [{low}, {high}] ({why}), got values in "
+            raise InputError(f"{name} must lie in [{low}, {high}] ({why}), got values in "
                              f"[{seen_low}, {seen_high}]")
     return lengths
 

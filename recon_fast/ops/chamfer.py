@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
 
+from recon_fast.errors import InputError
 from recon_fast.ops._validation import (check_backward_indices, check_pair, check_points,
                                         data_checks_enabled, describe, lengths_or_full)
 from recon_fast.ops.chamfer_loss import fused_chamfer_loss, fused_loss_applies
@@ -99,26 +101,47 @@ def _masked_mean(dist: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tens
     return dist.sum(dim=1) / lengths.to(dist.device).clamp_min(1).to(dist.dtype)
 
 
+LOSS_DISTANCES = {"squared": 2, "euclidean": 1}  # chamfer_distance(distance=...) -> its exponent
+
+
+def _loss_norm(distance: str, norm: int | None) -> int:
+    """The exponent (2: squared, 1: Euclidean) for chamfer_distance's `distance`, or for the
+    deprecated `norm` spelling when given."""
+    if norm is not None:
+        warnings.warn("chamfer_distance(norm=...) is deprecated: use distance='squared' (norm=2) "
+                      "or distance='euclidean' (norm=1); in ops.chamfer, norm=1 means the L1 "
+                      "distance instead", DeprecationWarning, stacklevel=3)
+        if norm not in (1, 2):
+            raise InputError(f"norm must be 1 (ChamferDistanceL1) or 2 (ChamferDistanceL2), "
+                             f"got {norm!r}")
+        return norm
+    if distance not in LOSS_DISTANCES:
+        raise InputError(f"distance must be one of {tuple(LOSS_DISTANCES)}, got {distance!r}")
+    return LOSS_DISTANCES[distance]
+
+
 def chamfer_distance(x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor | None = None,
-                     y_lengths: torch.Tensor | None = None, *, norm: int = 2,
-                     reduction: str = "mean") -> torch.Tensor:
+                     y_lengths: torch.Tensor | None = None, *, distance: str = "squared",
+                     reduction: str = "mean", norm: int | None = None) -> torch.Tensor:
     """Chamfer loss as Point-MAE / ReCon define it, computed in float32 (float64 for float64).
 
-    norm=2 (ChamferDistanceL2, ReCon's reconstruction loss): mean squared nearest-neighbour
-    distance x->y plus the same y->x. norm=1 (ChamferDistanceL1): the mean Euclidean
-    nearest-neighbour distance x->y plus y->x, halved.
+    distance="squared" (Point-MAE's ChamferDistanceL2, ReCon's reconstruction loss): mean squared
+    Euclidean nearest-neighbour distance x->y plus the same y->x. distance="euclidean"
+    (ChamferDistanceL1): the mean Euclidean nearest-neighbour distance x->y plus y->x, halved.
 
     Args:
         x: (B, N, 3); y: (B, M, 3). Half inputs are upcast to float32 first.
         x_lengths, y_lengths: optional (B,) valid sizes of padded clouds.
+        distance: "squared" or "euclidean" (see above).
         reduction: "mean" over the batch (Point-MAE), "sum", or "none" for a (B,) tensor.
+        norm: deprecated spelling of `distance` (2 = "squared", 1 = "euclidean"); in
+            :func:`chamfer`, norm=1 means the L1 distance, which this loss never used.
 
     Raises:
         ValueError: an empty cloud (N or M = 0, or a length of 0), or an empty batch with
             reduction "mean": the loss would be NaN, and no value would be right.
     """
-    if norm not in (1, 2):
-        raise ValueError(f"norm must be 1 (ChamferDistanceL1) or 2 (ChamferDistanceL2), got {norm!r}")
+    norm = _loss_norm(distance, norm)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16):

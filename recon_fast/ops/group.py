@@ -6,10 +6,9 @@ from typing import NamedTuple
 
 import torch
 
-from recon_fast.ops._validation import check_count, check_points
-from recon_fast.ops.fps import POINTNET2_MIN_NORM_SQ, fps
-from recon_fast.ops.gather_points import gather_points
-from recon_fast.ops.knn import knn
+from recon_fast.errors import InputError
+from recon_fast.ops._validation import check_count, check_points, describe
+from recon_fast.ops.fps import POINTNET2_MIN_NORM_SQ
 
 
 class Group(NamedTuple):
@@ -35,12 +34,21 @@ def group(xyz: torch.Tensor, num_group: int, group_size: int, *,
     Returns:
         Group(neighborhood (B, G, K, 3), center (B, G, 3)); differentiable w.r.t. `xyz`.
     """
+    # Validated once here (one host read with the data checks on); the ops below get inputs
+    # that are valid by construction, so they run without their own checks.
     check_points(xyz, "xyz")
-    N = xyz.shape[1]
+    B, N = xyz.shape[0], xyz.shape[1]
+    if N == 0:
+        raise InputError(f"xyz holds no points ({describe(xyz)}): there is nothing to group")
     num_group = check_count(num_group, "num_group", 1, max(N, 1), f"xyz has N = {N} points")
     group_size = check_count(group_size, "group_size", 1, max(N, 1), f"xyz has N = {N} points")
-    center_idx = fps(xyz, num_group, min_norm_sq=POINTNET2_MIN_NORM_SQ if pointnet2_compat else None)
-    center = gather_points(xyz, center_idx)  # (B, G, 3)
-    patch_idx = knn(center.detach(), xyz, group_size).idx  # (B, G, K)
-    neighborhood = gather_points(xyz, patch_idx) - center.unsqueeze(2)  # (B, G, K, 3)
+    full = torch.full((B,), N, dtype=torch.int64, device=xyz.device)
+    start = torch.zeros(B, dtype=torch.int64, device=xyz.device)
+    threshold = POINTNET2_MIN_NORM_SQ if pointnet2_compat else -1.0
+    center_idx = torch.ops.recon_fast.fps(xyz, full, num_group, start, threshold)  # (B, G)
+    center = torch.ops.recon_fast.gather_points(xyz, center_idx)  # (B, G, 3)
+    queries = torch.full((B,), num_group, dtype=torch.int64, device=xyz.device)
+    _, patch_idx = torch.ops.recon_fast.knn(center.detach(), xyz, queries, full, group_size, 2)
+    patches = torch.ops.recon_fast.gather_points(xyz, patch_idx.reshape(B, num_group * group_size))
+    neighborhood = patches.reshape(B, num_group, group_size, 3) - center.unsqueeze(2)  # (B, G, K, 3)
     return Group(neighborhood, center)

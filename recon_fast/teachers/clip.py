@@ -33,7 +33,13 @@ from recon_fast.teachers.weights import (RANDOM, WeightsSource, file_source, fir
 
 DEFAULT_CLIP_MODEL = "ViT-B-32"
 DEFAULT_CLIP_WEIGHTS = "openai"
-CONTEXT_LENGTH = 77
+
+
+def __getattr__(name: str):
+    if name == "CONTEXT_LENGTH":  # a fixed 77 used to live here; the weights say the length
+        raise AttributeError("CONTEXT_LENGTH was removed: the prompt length comes from the "
+                             "weights, see CLIPTextTeacher.context_length")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from recon_fast.data import dataset_from_config, fps_then_random, train_augmentation, vote_augmentation
+from recon_fast.data.loader import build_loader
 from recon_fast.eval.classification import accuracy, vote_accuracy
 from recon_fast.train.config import Config, ConfigError, save_config
 from recon_fast.train.loop import (BEST, Trainer, apply_epoch_override, barrier_first,
@@ -32,8 +33,8 @@ def dataset_name(dataset) -> str:
 
 
 def plain_batches(dataset, batch_size: int, workers: int):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                       num_workers=workers, drop_last=False)
+    """Every item once, in order, on this process (validation and voting run on rank 0)."""
+    return build_loader(dataset, batch_size, False, workers, distributed=False)
 
 
 def run_finetune(config: Config, opts: RunOptions, *, vote_rounds: int = 1, votes: int = 10,

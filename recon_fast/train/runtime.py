@@ -4,24 +4,27 @@ and resumable data order, logging (tqdm, TensorBoard) and run checkpoints."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
-import random
 import time
 from contextlib import nullcontext
-from typing import Iterator, Optional
+from typing import Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from recon_fast.errors import ConfigError, DataError, DeviceError
+# Re-exported for the training code (their homes are the data and model layers).
+from recon_fast.data.loader import EpochSampler, SeededItems, build_loader, item_seed, to_device  # noqa: F401
+from recon_fast.errors import ConfigError, DeviceError
+from recon_fast.model.checkpoint import unwrap  # noqa: F401
 
 log = logging.getLogger("recon_fast")
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+# Image distillation targets: cached centre-view features, the online teacher on augmented
+# renders (official), or none.
+IMAGE_TEACHER_MODES = ("cache", "online", "off")
 
 
 @dataclasses.dataclass
@@ -117,104 +120,16 @@ def grad_scaler(amp: str, device: torch.device) -> Optional[torch.amp.GradScaler
     return None
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module under DDP and torch.compile wrappers (whose state_dict keys we save)."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
-# ----------------------------------------------------------------- deterministic, resumable data
-
-
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-class SeededItems(Dataset):
-    """Seeds every RNG from (seed, epoch, index) before loading an item, so each item's random
-    choices (point subset, image augmentation, prompt) do not depend on which worker loads it or
-    on where a resumed run restarts. Keys are (index, epoch) pairs from :class:`EpochSampler`."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        index, epoch = key
-        seed = item_seed(self.seed, epoch, index)
-        # fork_rng + saved states: in the main process (workers=0) the training RNG must not move.
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
-
-
-class EpochSampler(Sampler):
-    """Yields (index, epoch): a permutation drawn from (seed, epoch), this rank's shard of it
-    (padded like DistributedSampler so every rank gets the same count), from item `start` on."""
-
-    def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
-        self.size, self.shuffle, self.seed, self.rank, self.world = size, shuffle, seed, rank, world
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def _shard(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.size, generator=g).tolist()
-        else:
-            order = list(range(self.size))
-        per_rank = -(-self.size // self.world) if self.size else 0
-        order += order[: per_rank * self.world - len(order)]
-        return order[self.rank::self.world]
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in self._shard()[self.start:]:
-            yield index, self.epoch
-
-    def __len__(self) -> int:
-        return max(0, len(self._shard()) - self.start)
-
-
-def _seed_worker(worker_id: int) -> None:
-    np.random.seed(torch.initial_seed() % 2**32)
-    random.seed(torch.initial_seed() % 2**32)
+# ------------------------------------------------------------------------ the training loader
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int, workers: int,
                 dist_info: Dist) -> tuple[DataLoader, EpochSampler]:
-    """A loader over (index, epoch) keys: shuffled, last partial batch dropped, only for train."""
-    if len(dataset) == 0:
-        raise DataError("the dataset is empty: check the dataset paths and split lists")
-    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=dist_info.rank,
-                           world=dist_info.world)
-    batches = BatchSampler(sampler, batch_size, drop_last=train)
-    loader = DataLoader(SeededItems(dataset, seed), batch_sampler=batches, num_workers=workers,
-                        pin_memory=torch.cuda.is_available(), worker_init_fn=_seed_worker,
-                        persistent_workers=False,
-                        generator=torch.Generator().manual_seed(seed))
-    return loader, sampler
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
+    """The training loader (:func:`recon_fast.data.loader.build_loader`, this rank's shard) and
+    its sampler, which :meth:`Trainer.fit` moves from epoch to epoch."""
+    loader = build_loader(dataset, batch_size, train, workers, seed=seed, rank=dist_info.rank,
+                          world=dist_info.world)
+    return loader, loader.batch_sampler.sampler
 
 
 # ------------------------------------------------------------------------------------ logging

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from recon_fast.data.embedded.generate import synset_of
+from recon_fast.data.embedded.shapes import synset_of
 from recon_fast.data.io import DatasetFileError, read_npy_points
 from recon_fast.data.modelnet import _normalised, _shuffled
 from recon_fast.data.shapenet import read_shape_list

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from recon_fast.data.embedded.render import render_view
-from recon_fast.data.embedded.shapes import CATALOGUE, CLASS_NAMES, make_shape
+from recon_fast.data.embedded.shapes import CATALOGUE, CLASS_NAMES, make_shape, synset_of
 
 FORMAT_VERSION = 1
 META_FILE = "embedded.json"
@@ -68,11 +68,6 @@ class EmbeddedConfig:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return f"s{self.seed}-{len(self.classes)}x{self.shapes_per_class}-" \
                f"{hashlib.sha256(blob).hexdigest()[:12]}"
-
-
-def synset_of(class_name: str) -> str:
-    """8-digit synset-like id with one leading zero (survives the int round trip of the table)."""
-    return f"09{CLASS_NAMES.index(class_name):06d}"
 
 
 def model_id_of(seed: int, class_name: str, instance: int) -> str:

@@ -442,6 +442,11 @@ CATALOGUE: tuple[ShapeClass, ...] = (
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CATALOGUE)
 
 
+def synset_of(class_name: str) -> str:
+    """8-digit synset-like id with one leading zero (survives the int round trip of the table)."""
+    return f"09{CLASS_NAMES.index(class_name):06d}"
+
+
 def pose_matrix(rng: np.random.Generator) -> np.ndarray:
     """Random yaw, a tilt of up to ~8 degrees and an anisotropic scale in [0.85, 1.15]."""
     tilt = rotation("x", U(rng, -0.14, 0.14)) @ rotation("z", U(rng, -0.14, 0.14))
