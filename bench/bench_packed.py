@@ -4,7 +4,7 @@
     python bench/bench_packed.py --full     # adds the 1M-shape RSS row (about 200 MB of shards)
 
 Throughput (one process, workers=0, batch 128, 8192 points per cloud, page cache warm: the files
-were just written): the same synthetic shapes as OpenShape per-shape dicts (xyz, rgb, 12 view +
+were just written; best of three passes): the same synthetic shapes as OpenShape per-shape dicts (xyz, rgb, 12 view +
 thumbnail image features and text features, loaded as OpenShape's loader does), as ShapeNet-55
 .npy files (points only, this package's ShapeNet55 loader), and packed (float16 xyz and
 features, per-sample CRC-32 checked), with the point sampling (random subset + pc_norm) in the
@@ -34,7 +34,8 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
 
 POINTS = 8192
 BATCH = 128
@@ -154,8 +155,10 @@ def throughput_rows(tmp: str, count: int) -> list[dict]:
     rows = []
     for name, loader in loaders.items():
         for fps in (False, True):
+            # Best of three passes: the machine is shared, the best pass is the least disturbed.
+            best = max(rate(loader, fps, batches) for _ in range(3))
             rows.append({"loader": name, "points": POINTS, "fps_to_1024": fps,
-                         "clouds_per_s": round(rate(loader, fps, batches), 1)})
+                         "clouds_per_s": round(best, 1)})
     return rows
 
 
@@ -211,7 +214,8 @@ def machine() -> str:
     model = platform.processor() or "cpu"
     try:
         with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            model = next(line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -221,7 +225,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", type=int, default=768, help="shapes for the throughput rows")
+    parser.add_argument("--shapes", type=int, default=512, help="shapes for the throughput rows")
     parser.add_argument("--full", action="store_true", help="add the 1M-shape RSS row")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -242,8 +246,10 @@ def main() -> None:
     print(f"{report['machine']}, {report['date']}")
     print("| loader | + FPS to 1024 | clouds/s |\n|---|---|---|")
     for row in report["throughput"]:
-        print(f"| {row['loader']} | {'yes' if row['fps_to_1024'] else 'no'} | {row['clouds_per_s']} |")
-    print("| shapes | shards | RSS MB | anonymous RSS MB | anonymous growth MB |\n|---|---|---|---|---|")
+        fps = "yes" if row["fps_to_1024"] else "no"
+        print(f"| {row['loader']} | {fps} | {row['clouds_per_s']} |")
+    print("| shapes | shards | RSS MB | anonymous RSS MB | anonymous growth MB |\n"
+          "|---|---|---|---|---|")
     for row in report["rss"]:
         print(f"| {row['samples']} | {row['shards']} | {row['rss_mb']} | {row['anon_mb']} | "
               f"{row['anon_growth_mb']} |")
