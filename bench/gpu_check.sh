@@ -18,7 +18,8 @@
 # Environment: OUT, PYTHON (default python3), GPU_CHECK_BUDGET (seconds for the whole check,
 # default 520), GPU_CHECK_ARCH (e.g. 9.0: build for this arch without asking a GPU; lets the
 # build and test-collection stages run on a machine without one), GPU_CHECK_STAGES (the stages to
-# run, default "env build tests bench_ops bench_train").
+# run, default "env build tests bench_ops bench_train"), GPU_CHECK_WORKERS (pytest-xdist workers
+# for the tests, default 4; 0 runs them in one process).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +27,7 @@ DRY_RUN=0
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$arg' (only --dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -110,7 +111,8 @@ env_info() {
 PYTEST_COMMON=(-p no:cacheprovider -rfEs)
 if $PY -c "import pytest_timeout" 2>/dev/null; then HAVE_TIMEOUT=1; else HAVE_TIMEOUT=0; fi
 per_test() { [ "$HAVE_TIMEOUT" = 1 ] && echo "--timeout=$1 --timeout-method=signal"; }
-workers() { $PY -c "import xdist" 2>/dev/null && echo "-n 4"; }
+WORKERS=${GPU_CHECK_WORKERS:-4}
+workers() { [ "$WORKERS" -gt 0 ] && $PY -c "import xdist" 2>/dev/null && echo "-n $WORKERS"; }
 
 env_t0=$(date +%s)
 env_info
