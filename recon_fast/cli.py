@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -54,7 +55,9 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     h.add_argument("--compile", action="store_true", help="torch.compile the model")
     h.add_argument("--attention-backend", choices=BACKENDS,
                    help="attention implementation (default: the config's, else auto)")
-    h.add_argument("--workers", type=int, default=4, help="DataLoader workers (default 4)")
+    h.add_argument("--workers", type=int,
+                   help="DataLoader worker processes (default: this machine's cores - 1, at most "
+                        "8; 0 loads in the main process)")
     h.add_argument("--validate-data", action="store_true",
                    help="keep the point ops' NaN/range checks on inside training steps (slower on CUDA)")
     d = p.add_argument_group("data and teachers")
@@ -81,19 +84,61 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     o.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
 
 
+# Run options that only training uses: `eval --help` does not list them, and eval refuses them.
+TRAINING_ONLY = ("resume", "overwrite", "init_ckpt", "epochs", "max_steps", "checkpoint_every",
+                 "log_every", "validate_data", "image_teacher_weights", "image_teacher", "data",
+                 "skip_bad_shards")
+
+
+def _hide_training_options(p: argparse.ArgumentParser) -> None:
+    for action in p._actions:
+        if action.dest in TRAINING_ONLY:
+            action.help = argparse.SUPPRESS
+
+
+def _refuse_training_options(args: argparse.Namespace, parser_defaults: dict) -> None:
+    from recon_fast.errors import InputError
+
+    for dest in TRAINING_ONLY:
+        if dest in parser_defaults and getattr(args, dest, None) != parser_defaults[dest]:
+            flag = "--" + dest.replace("_", "-")
+            raise InputError(f"{flag} is a training option; `recon-fast eval` does not use it")
+
+
+def _add_recompute_bn(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recompute-bn", default="auto", choices=["auto", "on", "off"],
+                   help="recompute BatchNorm statistics on the train clouds before each "
+                        "measurement (validation, voting, eval): short runs have not settled "
+                        "them. auto (default): on for runs (or checkpoints) of fewer than 1000 "
+                        "steps, off for official checkpoints")
+
+
+def _report(args: argparse.Namespace, config, summary: dict, started: float, *,
+            samples=None, checkpoint=None) -> None:
+    """The end-of-run summary lines and <out>/results.json, then the summary as one JSON line."""
+    from recon_fast.train.results import report_run
+
+    command = args.command + (f" {args.protocol}" if args.command == "eval" else "")
+    report_run(command, args.config, config, args.out, {**summary, "seed": args.seed},
+               started=started, samples=samples, checkpoint=checkpoint)
+    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
+
+
 def _options(args: argparse.Namespace):
-    from recon_fast.train.runtime import RunOptions
+    from recon_fast.train.runtime import RunOptions, default_workers
 
     return RunOptions(
         out_dir=args.out, device=args.device, amp=args.amp, compile=args.compile,
-        attention_backend=args.attention_backend, workers=args.workers, seed=args.seed,
+        attention_backend=args.attention_backend, seed=args.seed,
+        workers=default_workers() if args.workers is None else args.workers,
         resume=args.resume, overwrite=args.overwrite, init_ckpt=args.init_ckpt,
         epochs=args.epochs, max_steps=args.max_steps,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, data_root=args.data_root,
         cache_dir=args.cache_dir, teacher_weights=args.teacher_weights,
         image_teacher_weights=args.image_teacher_weights, image_teacher=args.image_teacher,
         progress=not args.no_progress, tensorboard=not args.no_tensorboard,
-        validate_data=args.validate_data, data=args.data, skip_bad_shards=args.skip_bad_shards)
+        validate_data=args.validate_data, data=args.data, skip_bad_shards=args.skip_bad_shards,
+        recompute_bn=getattr(args, "recompute_bn", "auto"))
 
 
 def _load(args: argparse.Namespace):
@@ -105,17 +150,20 @@ def _load(args: argparse.Namespace):
 def _pretrain(args: argparse.Namespace) -> int:
     from recon_fast.train.pretrain import run_pretrain
 
-    summary = run_pretrain(_load(args), _options(args))
-    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
+    started, config = time.perf_counter(), _load(args)
+    summary = run_pretrain(config, _options(args))
+    _report(args, config, summary, started,
+            samples=summary["global_step"] * int(config.total_bs))
     return 0
 
 
 def _finetune(args: argparse.Namespace) -> int:
     from recon_fast.train.finetune import run_finetune
 
-    summary = run_finetune(_load(args), _options(args), vote_rounds=args.vote_rounds,
-                           votes=args.votes)
-    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
+    started, config = time.perf_counter(), _load(args)
+    summary = run_finetune(config, _options(args), vote_rounds=args.vote_rounds, votes=args.votes)
+    _report(args, config, summary, started,
+            samples=summary["global_step"] * int(config.total_bs))
     return 0
 
 
@@ -123,6 +171,7 @@ def _fewshot(args: argparse.Namespace) -> int:
     from recon_fast.eval.fewshot import summarize_folds
     from recon_fast.train.finetune import run_finetune
 
+    started = time.perf_counter()
     folds = _parse_folds(args.folds)
     accs = []
     for fold in folds:
@@ -138,6 +187,10 @@ def _fewshot(args: argparse.Namespace) -> int:
     mean, std = summarize_folds(accs)
     print(f"[few-shot] {args.way}-way {args.shot}-shot over {len(accs)} folds: {mean:.2f} +- {std:.2f}",
           flush=True)
+    _report(args, load_config(args.config, overrides), {
+        "fewshot_mean_percent": mean, "fewshot_std_percent": std,
+        "folds": {str(f): a for f, a in zip(folds, accs)}, "way": args.way, "shot": args.shot},
+        started, checkpoint=None)
     return 0
 
 
@@ -159,9 +212,26 @@ def _parse_folds(text: str) -> list[int]:
 def _eval(args: argparse.Namespace) -> int:
     from recon_fast.train.evaluate import run_evaluation
 
-    result = run_evaluation(args.protocol, _load(args), _options(args), ckpt=args.ckpt,
+    _refuse_training_options(args, args.training_defaults)
+    started, config = time.perf_counter(), _load(args)
+    result = run_evaluation(args.protocol, config, _options(args), ckpt=args.ckpt,
                             votes=args.votes, vote_rounds=args.vote_rounds)
-    print(json.dumps(result), flush=True)
+    _report(args, config, result, started, checkpoint=args.ckpt)
+    return 0
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from recon_fast.train.report import aggregate, read_runs, to_markdown
+
+    rows = aggregate(read_runs(args.runs))
+    markdown = to_markdown(rows)
+    print(markdown, end="", flush=True)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(markdown)
+        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+            json.dump(rows, f, indent=2)
     return 0
 
 
@@ -224,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--vote-rounds", type=int, default=1,
                    help="voting rounds on the test set with the best checkpoint; the best round "
                         "is reported (official: 299; 0 skips voting; default 1)")
+    _add_recompute_bn(f)
     f.set_defaults(func=_finetune)
 
     s = sub.add_parser("fewshot", help="n-way k-shot finetuning over folds, mean +- std")
@@ -231,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--way", type=int, required=True, help="classes per episode (5 or 10)")
     s.add_argument("--shot", type=int, required=True, help="training shapes per class (10 or 20)")
     s.add_argument("--folds", default="0-9", help="folds to run, e.g. 0-9 or 0,3,5 (default 0-9)")
+    _add_recompute_bn(s)
     s.set_defaults(func=_fewshot)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: svm, zeroshot, vote or accuracy")
@@ -241,11 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--votes", type=int, default=10, help="votes per round (vote)")
     e.add_argument("--vote-rounds", type=int, default=1, help="voting rounds, best reported (vote)")
     _add_run_options(e, "runs/eval")
-    e.set_defaults(func=_eval)
+    _hide_training_options(e)
+    _add_recompute_bn(e)
+    e.set_defaults(func=_eval, training_defaults={a.dest: a.default for a in e._actions
+                                                  if a.dest in TRAINING_ONLY})
 
     from recon_fast.cli_pack import add_pack_parser
 
     add_pack_parser(sub)
+
+    rp = sub.add_parser("report", help="aggregate runs (seeds) into mean +- std per metric, "
+                                       "next to the published numbers (Markdown + JSON)")
+    rp.add_argument("runs", nargs="+", help="run folders (each with its results.json)")
+    rp.add_argument("--out", help="also write the table to this .md file and the rows to the "
+                                  "matching .json")
+    rp.set_defaults(func=_report_command)
 
     pr = sub.add_parser("presets", help="list the configs shipped with recon_fast")
     pr.set_defaults(func=_presets)

@@ -33,9 +33,14 @@ def test_embedded_chain(tmp_path, capsys):
     pre = str(tmp_path / "pretrain")
     out = run(["pretrain", "--config", "embedded", "--teacher-weights", "random", "--epochs", "1",
                "--out", pre] + shrink("train", "extra_train", "extra_val") + common, capsys)
-    assert "linear SVM accuracy" in out
+    assert "linear SVM accuracy" in out and "[pretrain] epoch 1 done" in out  # counted from 1
     ckpt = os.path.join(pre, "ckpt-last.pth")
     assert os.path.isfile(ckpt)
+    results = json.load(open(os.path.join(pre, "results.json")))
+    assert results["command"] == "pretrain" and results["config"] == "embedded"
+    assert results["samples"] == results["global_step"] * 8 and results["samples_per_s"] > 0
+    assert 0.0 <= results["metrics"]["best"] <= 1.0 and results["checkpoint"].endswith(".pth")
+    assert results["data"]["train"] == "Embedded/train"
 
     out = run(["finetune", "--config", "embedded_finetune", "--init-ckpt", ckpt, "--epochs", "1",
                "--votes", "2", "--out", str(tmp_path / "finetune")]

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from recon_fast.data import fps_sample
+from recon_fast.eval.batchnorm import recompute_bn_statistics
 from recon_fast.data.loader import build_loader, to_device
 
 
@@ -38,29 +39,6 @@ def svm_accuracy(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(*train)
     return float(np.mean(clf.predict(test[0]) == test[1]))
-
-
-@torch.no_grad()
-def recompute_bn_statistics(model: torch.nn.Module, batches: Iterable[dict], npoints: int,
-                            device: torch.device) -> int:
-    """Replace every BatchNorm's running statistics by exact averages over `batches`
-    ("precise BN"); weights are untouched. Short runs need it: the patch encoder's activations
-    have a variance around 1e-5, and the running variance, initialised at 1 and moved 10% per
-    step, takes hundreds of steps to reach it, so eval-mode features are washed out until then.
-    Returns the number of BatchNorm layers updated."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches
-        m.train()
-    for batch in batches:
-        model(fps_sample(to_device(batch, device)["points"], npoints))
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
-    model.eval()
-    return len(norms)
 
 
 def svm_accuracy_of_pretrained(pretrain_model: torch.nn.Module, config, opts, device) -> float:

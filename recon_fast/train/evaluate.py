@@ -46,10 +46,37 @@ def run_evaluation(protocol: str, config: Config, opts: RunOptions, *, ckpt: str
     batch_size = int(config.get("total_bs", 32))
     try:
         with ops.checks(data=True):  # evaluation reads new data: validate it
-            return _evaluate(protocol, config, opts, model, npoints, batch_size, device, logger,
-                             votes, vote_rounds)
+            recomputed = _maybe_recompute_bn(config, opts, model, ckpt, npoints, batch_size,
+                                             device, logger)
+            result = _evaluate(protocol, config, opts, model, npoints, batch_size, device,
+                               logger, votes, vote_rounds)
+            return {**result, "recompute_bn": recomputed}
     finally:
         logger.close()
+
+
+def _maybe_recompute_bn(config, opts, model, ckpt, npoints, batch_size, device, logger) -> bool:
+    """--recompute-bn: BatchNorm statistics from the config's train split before measuring
+    (auto: when the checkpoint records a short run; see recon_fast.eval.batchnorm)."""
+    from recon_fast.eval.batchnorm import recompute_bn_statistics, should_recompute
+    from recon_fast.train.state import load_checkpoint_file
+
+    steps = None
+    if opts.recompute_bn == "auto":
+        steps = load_checkpoint_file(ckpt).get("global_step")
+    if not should_recompute(opts.recompute_bn, steps):
+        return False
+    if "train" not in config.dataset:
+        if opts.recompute_bn == "on":
+            raise ConfigError("--recompute-bn on needs a dataset.train section (the clouds the "
+                              "statistics are computed on)")
+        return False
+    train = split_dataset(config, "train", opts)
+    layers = recompute_bn_statistics(model, plain_batches(train, batch_size, opts.workers),
+                                     npoints, device)
+    logger.info(f"[eval] BatchNorm statistics of {layers} layers recomputed on {len(train)} "
+                f"train clouds (--recompute-bn {opts.recompute_bn})")
+    return True
 
 
 def _evaluate(protocol, config, opts, model, npoints, batch_size, device, logger, votes,

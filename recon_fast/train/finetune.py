@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from recon_fast.data import dataset_from_config, fps_then_random, train_augmentation, vote_augmentation
 from recon_fast.data.loader import build_loader
+from recon_fast.eval.batchnorm import recompute_bn_statistics, should_recompute
 from recon_fast.eval.classification import accuracy, vote_accuracy
 from recon_fast.train.config import Config, ConfigError, save_config
 from recon_fast.train.loop import (BEST, Trainer, apply_epoch_override, barrier_first,
@@ -37,6 +38,17 @@ def plain_batches(dataset, batch_size: int, workers: int):
     return build_loader(dataset, batch_size, False, workers, distributed=False)
 
 
+def freeze_for_protocol(model: torch.nn.Module) -> int:
+    """The official finetuning rule (runner_finetune): when model.type is not "full" (linear,
+    mlp3), only parameters whose name contains "cls" (the head, cls_token, cls_pos) train. The
+    frozen encoder still runs in train mode, so its BatchNorm statistics keep updating and
+    drop-path stays on, as in the reference. Returns the number of trainable parameters."""
+    freeze = getattr(model, "freeze_as_official", None)
+    if freeze is not None:
+        freeze()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def run_finetune(config: Config, opts: RunOptions, *, vote_rounds: int = 1, votes: int = 10,
                  stop_after_steps: Optional[int] = None) -> dict:
     """Finetune a classifier; returns the summary with 'best' (validation accuracy) and
@@ -52,14 +64,27 @@ def run_finetune(config: Config, opts: RunOptions, *, vote_rounds: int = 1, vote
         loader, sampler = make_loader(train_set, batch_size, train=True, seed=opts.seed,
                                       workers=opts.workers, dist_info=trainer.dist)
         model = build_model_from_config(config.model, opts).to(trainer.device)
+        trainable = freeze_for_protocol(model)  # before the optimizer sees the parameters
+        log.info(f"model type {config.model.get('type', 'full')}: {trainable:,} of "
+                 f"{sum(p.numel() for p in model.parameters()):,} parameters train")
         trainer.setup(model, finetune=True)
         if trainer.dist.main:
             save_config(config, os.path.join(opts.out_dir, "config.yaml"))
         npoints = int(config.npoints)
         augment = train_augmentation(name)
+        total_steps = (int(config.max_epoch) + 1) * len(loader)
+        recompute_bn = should_recompute(opts.recompute_bn, total_steps)
         log.info(f"finetuning on {name}: {len(train_set)} train / {len(val_set)} val clouds, "
                  f"{npoints} points, batch {batch_size} x {trainer.dist.world}, "
-                 f"epochs {trainer.start_epoch}..{config.max_epoch}")
+                 f"epochs {trainer.start_epoch + 1}..{config.max_epoch + 1}; BatchNorm statistics "
+                 f"{'recomputed on the train clouds' if recompute_bn else 'as trained'} "
+                 f"for validation and voting (--recompute-bn {opts.recompute_bn})")
+
+        def refresh_bn() -> None:
+            if recompute_bn:
+                recompute_bn_statistics(trainer.raw_model, plain_batches(train_set, batch_size,
+                                                                         opts.workers),
+                                        npoints, trainer.device)
 
         def step(batch: dict) -> dict[str, torch.Tensor]:
             batch = to_device(batch, trainer.device)
@@ -74,11 +99,12 @@ def run_finetune(config: Config, opts: RunOptions, *, vote_rounds: int = 1, vote
         def evaluate(epoch: int) -> Optional[float]:
             if not trainer.dist.main:
                 return None
+            refresh_bn()  # saved with the checkpoint that follows, so voting sees the same
             acc = accuracy(trainer.raw_model, plain_batches(val_set, batch_size, opts.workers),
                            npoints, trainer.device, trainer.autocast)
-            log.info(f"[validation] epoch {epoch}: accuracy {acc * 100:.2f}% "
+            log.info(f"[validation] epoch {epoch + 1}: accuracy {acc * 100:.2f}% "
                      f"(best {max(acc, trainer.best or 0) * 100:.2f}%)")
-            log.scalars({"val/acc": acc}, epoch)
+            log.scalars({"val/acc_percent": acc * 100}, trainer.global_step)
             return acc
 
         summary = trainer.fit(loader, sampler, step, evaluate=evaluate,

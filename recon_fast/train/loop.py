@@ -220,7 +220,7 @@ class Trainer:
             first = self.start_batch if epoch == self.start_epoch else 0
             sampler.set_epoch(epoch, start=first * batch_size)
             self.model.train()
-            bar = log.bar(first + len(loader), f"{self.task} epoch {epoch}/{max_epoch}", first)
+            bar = log.bar(first + len(loader), f"{self.task} epoch {epoch + 1}/{max_epoch + 1}", first)
             for index, batch in enumerate(loader, start=first):
                 values = step(batch)
                 self.global_step += 1
@@ -273,9 +273,13 @@ class Trainer:
         text = " ".join(f"{k} {v:.4f}" for k, v in values.items())
         if bar is not None:
             bar.set_postfix_str(f"{text} | {rate:.0f} samples/s")
-        prefix = f"[{self.task}] epoch {epoch} " + ("done" if end_of_epoch else f"step {self.global_step}")
+        # Epochs are counted from 1 in what users read (epoch 1/5 ... 5/5); checkpoints keep the
+        # official 0-based numbers.
+        prefix = f"[{self.task}] epoch {epoch + 1} " + ("done" if end_of_epoch else f"step {self.global_step}")
         self.logger.info(f"{prefix}: {text} | lr {lr:.3g} | {rate:.1f} samples/s")
-        self.logger.scalars({f"train/{k}": v for k, v in values.items()} |
+        # One x axis (optimizer steps) for every scalar; units in the names.
+        self.logger.scalars({f"train/{k}_percent" if k == "acc" else f"train/{k}": v
+                             for k, v in values.items()} |
                             {"train/lr": lr, "train/samples_per_s": rate}, self.global_step)
 
     # -------------------------------------------------------------------------------- checkpoints

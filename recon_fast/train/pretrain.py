@@ -64,7 +64,7 @@ def run_pretrain(config: Config, opts: RunOptions, *, stop_after_steps: Optional
         millions = sum(p.numel() for p in model.parameters()) / 1e6
         log.info(f"pretraining {type(model).__name__} ({millions:.1f} M parameters) on "
                  f"{len(dataset)} shapes, batch {batch_size} x {trainer.dist.world}, "
-                 f"epochs {trainer.start_epoch}..{config.max_epoch}, device {trainer.device}")
+                 f"epochs {trainer.start_epoch + 1}..{config.max_epoch + 1}, device {trainer.device}")
 
         def step(batch: dict) -> dict[str, torch.Tensor]:
             batch = to_device(batch, trainer.device)
@@ -99,6 +99,6 @@ def validate_svm(config: Config, opts: RunOptions, trainer: Trainer, epoch: int)
         acc = svm_accuracy_of_pretrained(trainer.raw_model, config, opts, trainer.device)
     note = " (BatchNorm statistics recomputed on the SVM's training clouds)" \
         if config.get("run", {}).get("precise_bn", False) else ""
-    trainer.logger.info(f"[validation] epoch {epoch}: linear SVM accuracy {acc * 100:.2f}%{note}")
-    trainer.logger.scalars({"val/svm_acc": acc}, epoch)
+    trainer.logger.info(f"[validation] epoch {epoch + 1}: linear SVM accuracy {acc * 100:.2f}%{note}")
+    trainer.logger.scalars({"val/svm_acc_percent": acc * 100}, trainer.global_step)
     return acc

@@ -27,6 +27,16 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 IMAGE_TEACHER_MODES = ("cache", "online", "off")
 
 
+def default_workers() -> int:
+    """DataLoader workers for this machine: one core stays with the training process, at most 8
+    (the loaders are light); 1 on a 2-core machine, so torch never warns about too many."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(8, cores - 1))
+
+
 @dataclasses.dataclass
 class RunOptions:
     """Runtime options of a training/evaluation run (the command line's flags)."""
@@ -36,7 +46,7 @@ class RunOptions:
     amp: str = "auto"  # bf16 autocast on CUDA, off on the CPU
     compile: bool = False  # torch.compile the model
     attention_backend: Optional[str] = None  # overrides the model config ("auto", "triton", ...)
-    workers: int = 4
+    workers: int = dataclasses.field(default_factory=default_workers)
     seed: int = 0
     resume: bool = False  # continue from <out_dir>/ckpt-last.pth
     overwrite: bool = False  # start over in an out_dir that holds a run (see train.rundir)
@@ -55,6 +65,9 @@ class RunOptions:
     progress: bool = True
     tensorboard: bool = True
     validate_data: bool = False  # keep the ops' NaN/range checks on inside the step (host syncs)
+    # BatchNorm statistics recomputed before validation/voting/eval: "auto" (short runs),
+    # "on", "off" (recon_fast.eval.batchnorm)
+    recompute_bn: str = "auto"
     record_losses: bool = False  # keep every step's loss (tests of exact resume)
 
 
