@@ -182,12 +182,15 @@ class PackedDataset(Dataset):
             raise IndexError(f"position out of range [0, {len(self)}): {positions.tolist()[:8]}")
         shard_k = np.searchsorted(self._starts, positions, side="right") - 1
         rows = positions - self._starts[shard_k]
-        stored = self._read_rows(shard_k, rows)
         sample_ids = self.shard_ids[shard_k] * self.shard_size + rows
-        return self._assemble(stored, sample_ids, epochs)
+        hashes = sample_hashes(self.seed, np.asarray(epochs), sample_ids)
+        stored = self._read_rows(shard_k, rows, hashes)
+        return self._assemble(stored, sample_ids, hashes)
 
-    def _read_rows(self, shard_k: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Gather the stored fields of each (shard, row), one sorted gather per shard."""
+    def _read_rows(self, shard_k: np.ndarray, rows: np.ndarray,
+                   hashes: np.ndarray) -> dict[str, np.ndarray]:
+        """Gather the stored fields of each (shard, row), one sorted gather per shard; of the
+        per-shape feature slots only the one each sample draws is copied."""
         out: dict[str, np.ndarray] = {}
         for k in np.unique(shard_k):
             where = np.flatnonzero(shard_k == k)
@@ -197,14 +200,19 @@ class PackedDataset(Dataset):
             if self.verify_samples:
                 shard.check_samples(shard_rows)
             for name, array in shard.fields.items():
+                if name in _SLOTS:
+                    count, salt = _SLOTS[name]
+                    counts = np.maximum(shard.fields[count][shard_rows], 1)
+                    slot = draw_below(hashes[where], salt, counts)
+                    picked = array[shard_rows, slot]
+                else:
+                    picked = array[shard_rows]
                 if name not in out:
-                    out[name] = np.empty((len(rows),) + array.shape[1:], array.dtype)
-                out[name][where] = array[shard_rows]
+                    out[name] = np.empty((len(rows),) + picked.shape[1:], array.dtype)
+                out[name][where] = picked
         return out
 
-    def _assemble(self, stored: dict, sample_ids: np.ndarray, epochs: list[int]) -> dict:
-        n = len(sample_ids)
-        hashes = sample_hashes(self.seed, np.asarray(epochs), sample_ids)
+    def _assemble(self, stored: dict, sample_ids: np.ndarray, hashes: np.ndarray) -> dict:
         prefix = draw_below(hashes, SALT_PREFIX, NUM_PREFIXES)
         suffix = draw_below(hashes, SALT_SUFFIX, NUM_SUFFIXES)
         labels = stored["label"].astype(np.int64)
@@ -212,15 +220,10 @@ class PackedDataset(Dataset):
                  "label": torch.from_numpy(labels),
                  "prefix_id": torch.from_numpy(prefix), "suffix_id": torch.from_numpy(suffix)}
         batch.update(self._points(stored, point_seeds(hashes)))
-        rows = np.arange(n)
-        if "image_count" in stored:
-            view = draw_below(hashes, SALT_VIEW, np.maximum(stored["image_count"], 1))
-            batch["img_feature"] = torch.from_numpy(
-                stored["image_feat"][rows, view].astype(np.float32))
-        if "text_count" in stored:
-            text = draw_below(hashes, SALT_TEXT, np.maximum(stored["text_count"], 1))
-            batch["text_feature"] = torch.from_numpy(
-                stored["text_feat"][rows, text].astype(np.float32))
+        if "image_feat" in stored:  # (B, D): the drawn view (see _read_rows)
+            batch["img_feature"] = torch.from_numpy(stored["image_feat"].astype(np.float32))
+        if "text_feat" in stored:
+            batch["text_feature"] = torch.from_numpy(stored["text_feat"].astype(np.float32))
             batch["has_text"] = torch.from_numpy(stored["text_count"] > 0)
         elif self.text_table is not None:
             batch["text_feature"] = torch.from_numpy(
@@ -238,6 +241,10 @@ class PackedDataset(Dataset):
             out["point_seed"] = seeds
             return out
         return sample_stored(raw, seeds, self.npoints)
+
+
+# Per-shape feature slots: (count field, draw salt). One slot is drawn uniformly per sample.
+_SLOTS = {"image_feat": ("image_count", SALT_VIEW), "text_feat": ("text_count", SALT_TEXT)}
 
 
 def sample_stored(raw: dict, seeds: torch.Tensor, npoints: int) -> dict:
