@@ -41,9 +41,6 @@ def dataset_from_config(base: Mapping[str, Any], others: Optional[Mapping[str, A
     if "way" in others and name != "ModelNetFewShot":  # no fold files: generate the episode
         return _episode_from_config(base, others, data_root, image=image, cache_dir=cache_dir,
                                     progress=progress)
-    if "way" in others and name != "ModelNetFewShot":  # no fold files: generate the episode
-        return _episode_from_config(base, others, data_root, image=image, cache_dir=cache_dir,
-                                    progress=progress)
     if name in ("Embedded", "EmbeddedShapes"):
         return _embedded_from_config(name, base, others, subset, image, cache_dir, progress)
 
@@ -77,22 +74,6 @@ def dataset_from_config(base: Mapping[str, Any], others: Optional[Mapping[str, A
     raise ConfigError(f"unknown dataset NAME {name!r}; expected ShapeNet, ModelNet, "
                      "ModelNetFewShot, ScanObjectNN, ScanObjectNN_hardest, Embedded or "
                      "EmbeddedShapes")
-
-
-def _episode_from_config(base: Mapping[str, Any], others: Mapping[str, Any],
-                         data_root: Optional[str], **kwargs) -> Dataset:
-    """`way`/`shot`/`fold` (and optional `query`) on a plain classification set: a generated
-    N-way K-shot episode of its `subset` split (see :mod:`recon_fast.data.fewshot`)."""
-    from recon_fast.data.fewshot import FewShotEpisode
-
-    episode = {k: others[k] for k in ("way", "shot", "fold", "query") if k in others}
-    rest = {k: v for k, v in others.items() if k not in episode}
-    source = f"others of a {base['NAME']} episode"
-    split = "train" if rest["subset"] == "train" else "test"
-    return FewShotEpisode(dataset_from_config(base, rest, data_root, **kwargs),
-                          int(_get(episode, "way", source)), int(_get(episode, "shot", source)),
-                          int(_get(episode, "fold", source)), split,
-                          query=int(episode["query"]) if "query" in episode else None)
 
 
 def _episode_from_config(base: Mapping[str, Any], others: Mapping[str, Any],
