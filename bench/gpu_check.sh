@@ -108,7 +108,8 @@ env_info() {
   done
 }
 
-PYTEST_COMMON=(-p no:cacheprovider -rfEs)
+# A module that fails to import (a package missing there) must not stop the other modules' tests.
+PYTEST_COMMON=(-p no:cacheprovider -rfEs --continue-on-collection-errors)
 if $PY -c "import pytest_timeout" 2>/dev/null; then HAVE_TIMEOUT=1; else HAVE_TIMEOUT=0; fi
 per_test() { [ "$HAVE_TIMEOUT" = 1 ] && echo "--timeout=$1 --timeout-method=signal"; }
 WORKERS=${GPU_CHECK_WORKERS:-4}
