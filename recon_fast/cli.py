@@ -181,7 +181,9 @@ def _fewshot(args: argparse.Namespace) -> int:
 
         opts = _options(args)
         opts.out_dir = f"{args.out}/fold{fold}"
-        summary = run_finetune(load_config(args.config, overrides), opts, vote_rounds=0)
+        config = load_config(args.config, overrides)
+        _check_head_fits_episode(config, args.way)
+        summary = run_finetune(config, opts, vote_rounds=0)
         accs.append(summary["best"] or 0.0)
         print(f"[few-shot] {args.way}-way {args.shot}-shot fold {fold}: {accs[-1] * 100:.2f}%", flush=True)
     mean, std = summarize_folds(accs)
@@ -192,6 +194,17 @@ def _fewshot(args: argparse.Namespace) -> int:
         "folds": {str(f): a for f, a in zip(folds, accs)}, "way": args.way, "shot": args.shot},
         started, checkpoint=None)
     return 0
+
+
+def _check_head_fits_episode(config, way: int) -> None:
+    """Episode labels are 0..way-1; the head keeps model.cls_dim outputs (the official few-shot
+    head keeps 40), so it needs at least `way` of them."""
+    from recon_fast.errors import ConfigError
+
+    classes = int(config.model.get("cls_dim", way))
+    if classes < way:
+        raise ConfigError(f"--way {way} needs model.cls_dim >= {way}; the config's head has "
+                          f"{classes} outputs")
 
 
 def _parse_folds(text: str) -> list[int]:

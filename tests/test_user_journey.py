@@ -54,3 +54,9 @@ def test_wrong_width_checkpoint_is_one_clean_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "'cls_pos' has shape (1, 1, 192) but the model expects (1, 1, 48)" in err
+
+
+def test_fewshot_way_larger_than_the_head_is_refused(capsys):
+    assert main(["fewshot", "--config", "embedded_fewshot", "--way", "17", "--shot", "1",
+                 "--folds", "0", "--set", "model.cls_dim=16"]) == 2
+    assert "--way 17 needs model.cls_dim >= 17" in capsys.readouterr().err
