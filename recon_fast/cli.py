@@ -73,15 +73,20 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
     d.add_argument("--image-teacher", default="cache", choices=IMAGE_TEACHER_MODES,
                    help="image targets: cached centre-view features (fast), the online teacher on "
                         "augmented renders (official), or no image distillation")
+    o = p.add_argument_group("output")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
+
+
+def _add_packed_data_options(p: argparse.ArgumentParser) -> None:
+    """Pretraining only: finetuning and evaluation read their datasets from the config."""
+    d = p.add_argument_group("packed data")
     d.add_argument("--data", metavar="packed:DIR",
                    help="pretrain from shards written by `recon-fast pack` (their cached teacher "
                         "features replace the teachers; the config's dataset.train is not read)")
     d.add_argument("--skip-bad-shards", action="store_true",
                    help="--data packed:DIR: check every shard at start and leave out (and list) "
                         "those that fail, instead of stopping")
-    o = p.add_argument_group("output")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
-    o.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
 
 
 # Run options that only training uses: `eval --help` does not list them, and eval refuses them.
@@ -137,7 +142,8 @@ def _options(args: argparse.Namespace):
         cache_dir=args.cache_dir, teacher_weights=args.teacher_weights,
         image_teacher_weights=args.image_teacher_weights, image_teacher=args.image_teacher,
         progress=not args.no_progress, tensorboard=not args.no_tensorboard,
-        validate_data=args.validate_data, data=args.data, skip_bad_shards=args.skip_bad_shards,
+        validate_data=args.validate_data, data=getattr(args, "data", None),
+        skip_bad_shards=getattr(args, "skip_bad_shards", False),
         recompute_bn=getattr(args, "recompute_bn", "auto"))
 
 
@@ -299,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="ReCon pretraining (reconstruction + distillation)")
     _add_run_options(p, "runs/pretrain")
+    _add_packed_data_options(p)
     p.set_defaults(func=_pretrain)
 
     f = sub.add_parser("finetune", help="classification finetuning with validation and voting")
