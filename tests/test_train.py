@@ -124,6 +124,16 @@ def test_checkpoint_has_the_official_layout_and_loads_into_a_classifier(tmp_path
     assert all(k.startswith("cls_head_finetune") for k in report.missing)
 
 
+def test_max_steps_counts_optimizer_steps_not_batches(tmp_path, cache_dir):
+    # step_per_update=2: two batches per optimizer step, so --max-steps 2 trains four batches.
+    summary = run_finetune(finetune_config("step_per_update=2"),
+                           options(tmp_path / "run", cache_dir, epochs=1, max_steps=2),
+                           vote_rounds=0)
+    assert (summary["optimizer_steps"], summary["global_step"]) == (2, 4)
+    ckpt = load_checkpoint_file(str(tmp_path / "run" / "ckpt-last.pth"))
+    assert (ckpt["optimizer_steps"], ckpt["global_step"], ckpt["next_batch"]) == (2, 4, 4)
+
+
 def test_resume_refuses_an_incompatible_checkpoint(tmp_path, cache_dir):
     os.makedirs(tmp_path / "run")
     torch.save({"base_model": {"nope": torch.zeros(1)}}, tmp_path / "run" / "ckpt-last.pth")

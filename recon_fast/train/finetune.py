@@ -54,8 +54,7 @@ def run_finetune(config: Config, opts: RunOptions, *, vote_rounds: int = 1, vote
     """Finetune a classifier; returns the summary with 'best' (validation accuracy) and
     'vote' (test-time voting accuracy of the best checkpoint, when vote_rounds > 0)."""
     config = apply_epoch_override(config, opts.epochs)
-    trainer = Trainer(config, opts, task="finetune")
-    try:
+    with Trainer(config, opts, task="finetune") as trainer:
         log = trainer.logger
         train_set = barrier_first(trainer.dist, lambda: split_dataset(config, "train", opts, log.progress))
         val_set = split_dataset(config, "val", opts)
@@ -87,12 +86,12 @@ def run_finetune(config: Config, opts: RunOptions, *, vote_rounds: int = 1, vote
                                         npoints, trainer.device)
 
         def step(batch: dict) -> dict[str, torch.Tensor]:
+            """One batch's loss and accuracy (fit does the backward pass and the optimizer step)."""
             batch = to_device(batch, trainer.device)
             points = augment(fps_then_random(batch["points"], npoints))
             with trainer.autocast():
-                logits = trainer.forward_model(points)
+                logits = trainer.model(points)
             loss = F.cross_entropy(logits.float(), batch["label"].long())
-            trainer.backward_and_step(loss)
             acc = (logits.argmax(-1) == batch["label"]).float().mean() * 100
             return {"loss": loss, "acc": acc}
 
@@ -112,8 +111,6 @@ def run_finetune(config: Config, opts: RunOptions, *, vote_rounds: int = 1, vote
         if vote_rounds > 0 and trainer.dist.main and not summary["interrupted"]:
             summary["vote"] = test_with_voting(config, opts, trainer, name, votes, vote_rounds)
         return summary
-    finally:
-        trainer.close()
 
 
 def test_with_voting(config: Config, opts: RunOptions, trainer: Trainer, name: str, votes: int,

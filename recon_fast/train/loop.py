@@ -74,7 +74,12 @@ def build_model_from_config(model_cfg: Config, opts: RunOptions) -> torch.nn.Mod
 
 
 class Trainer:
-    """Holds the run state; `fit` runs the epochs and calls `step(batch)` for each batch."""
+    """The run state, used as ``with Trainer(config, opts, task=...) as trainer:``.
+
+    ``setup(model)`` builds the optimizer and schedule (resuming when asked); ``fit`` runs the
+    epochs: it calls ``step(batch)`` for each batch, which returns the loss and the values to
+    log, and itself does the backward pass, clipping, the optimizer step, logging, validation
+    and checkpoints (the nanoGPT split). Leaving the ``with`` block closes the logs."""
 
     def __init__(self, config: Config, opts: RunOptions, *, task: str):
         self.config, self.opts, self.task = config, opts, task
@@ -86,16 +91,16 @@ class Trainer:
                                prepare=self.dist.main)
         self._backups_pending = opts.overwrite
         seed_everything(opts.seed + self.dist.rank)
-        # Data checks cost a host sync per op call on CUDA: off inside training steps unless
-        # asked for (the loaders validate what they read); restored by close().
-        self._data_checks = ops.checks(opts.validate_data).__enter__()
         self.logger = Logger(opts.out_dir, self.dist, tensorboard=opts.tensorboard,
                              progress=opts.progress)
         for line in events:
             self.logger.info(line)
         self.amp = opts.amp
         self.scaler = grad_scaler(opts.amp, self.device)
-        self.start_epoch, self.start_batch, self.global_step = 0, 0, 0
+        self.start_epoch, self.start_batch = 0, 0
+        # Two counters: batches trained (the data position; "global_step" in checkpoints and
+        # summaries) and optimizer steps (fewer when step_per_update > 1; --max-steps counts these).
+        self.batches_trained, self.optimizer_steps = 0, 0
         self.best: Optional[float] = None
         self.last_metric: Optional[float] = None
         self.loss_history: list[torch.Tensor] = []
@@ -160,7 +165,9 @@ class Trainer:
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch, self.start_batch = int(ckpt["next_epoch"]), int(ckpt["next_batch"])
-        self.global_step = int(ckpt.get("global_step", 0))
+        self.batches_trained = int(ckpt.get("global_step", 0))
+        self.optimizer_steps = int(ckpt.get("optimizer_steps", self.batches_trained //
+                                            int(self.config.get("step_per_update", 1))))
         self.best = ckpt.get("best_metrics", {}).get("acc")
         self.logger.info(f"resuming {path}: epoch {self.start_epoch}, batch {self.start_batch}, "
                          f"step {self.global_step}")
@@ -170,19 +177,22 @@ class Trainer:
 
     # -------------------------------------------------------------------------------- steps
 
+    @property
+    def global_step(self) -> int:
+        """Batches trained so far (the name checkpoints and summaries use)."""
+        return self.batches_trained
+
     def autocast(self):
         return autocast_context(self.amp, self.device)
 
-    def forward_model(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
-
-    def backward_and_step(self, loss: torch.Tensor) -> None:
-        """Backward, and every `step_per_update` calls: clip, optimizer step, zero grads."""
+    def _update(self, loss: torch.Tensor) -> bool:
+        """Backward, and every `step_per_update` batches: clip, optimizer step, zero grads.
+        Returns whether the optimizer stepped."""
         scaled = self.scaler.scale(loss) if self.scaler is not None else loss
         scaled.backward()
         self._accumulated += 1
         if self._accumulated < int(self.config.get("step_per_update", 1)):
-            return
+            return False
         self._accumulated = 0
         clip = self.config.get("grad_norm_clip")
         if self.scaler is not None:
@@ -195,12 +205,24 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
+        return True
 
     # -------------------------------------------------------------------------------- loop
 
     def fit(self, loader, sampler, step: Callable[[dict], dict],
             evaluate: Optional[Callable[[int], Optional[float]]] = None,
             stop_after_steps: Optional[int] = None) -> dict:
+        """Train: `step(batch)` returns {"loss": the loss to minimise, **values to log}; fit does
+        the backward pass, clipping, the optimizer step, logging, validation (`evaluate(epoch)`)
+        and checkpoints. `stop_after_steps` ends after that many optimizer steps without a
+        final checkpoint (a simulated interruption, for resume tests)."""
+        # Data checks cost a host sync per op call on CUDA: off inside training steps unless
+        # asked for (the loaders validate what they read).
+        with ops.checks(self.opts.validate_data):
+            return self._fit(loader, sampler, step, evaluate, stop_after_steps)
+
+    def _fit(self, loader, sampler, step, evaluate, stop_after_steps) -> dict:
         opts, log = self.opts, self.logger
         # The training RNG stream starts here, independent of what set-up drew (model init,
         # cache computation that may or may not run): a fresh run reseeds, a resumed run restores.
@@ -223,19 +245,23 @@ class Trainer:
             bar = log.bar(first + len(loader), f"{self.task} epoch {epoch + 1}/{max_epoch + 1}", first)
             for index, batch in enumerate(loader, start=first):
                 values = step(batch)
-                self.global_step += 1
+                stepped = self._update(values["loss"])
+                self.batches_trained += 1
                 self.meter.add(values, batch_size)
                 if opts.record_losses:
                     self.loss_history.append(values["loss"].detach().float().cpu())
                 bar.update()
-                if self.global_step % max(opts.log_every, 1) == 0:
+                if not stepped:  # mid-accumulation: no log, stop or checkpoint
+                    continue
+                steps = self.optimizer_steps
+                if steps % max(opts.log_every, 1) == 0:
                     self._log_progress(self.meter, bar, epoch)
-                if stop_after_steps is not None and self.global_step >= stop_after_steps:
+                if stop_after_steps is not None and steps >= stop_after_steps:
                     bar.close()
                     return self._summary(epoch, interrupted=True)
-                if opts.checkpoint_every and self.global_step % opts.checkpoint_every == 0:
+                if opts.checkpoint_every and steps % opts.checkpoint_every == 0:
                     self.save(epoch, index + 1)
-                if opts.max_steps is not None and self.global_step >= opts.max_steps:
+                if opts.max_steps is not None and steps >= opts.max_steps:
                     bar.close()
                     self.save(epoch, index + 1)
                     log.info(f"stopping after max_steps={opts.max_steps}")
@@ -300,7 +326,8 @@ class Trainer:
             "best_metrics": {"acc": self.best} if self.best is not None else {},
             "next_epoch": next_epoch,
             "next_batch": next_batch,
-            "global_step": self.global_step,
+            "global_step": self.batches_trained,
+            "optimizer_steps": self.optimizer_steps,
             "rng": rank_states[0]["rng"],
             "rank_states": rank_states,
             "world_size": self.dist.world,
@@ -331,7 +358,8 @@ class Trainer:
         return states
 
     def _summary(self, epoch: int, *, interrupted: bool) -> dict:
-        summary = {"epoch": epoch, "global_step": self.global_step, "best": self.best,
+        summary = {"epoch": epoch, "global_step": self.batches_trained,
+                   "optimizer_steps": self.optimizer_steps, "best": self.best,
                    "last_metric": self.last_metric, "interrupted": interrupted,
                    "out_dir": self.opts.out_dir}
         if self.opts.record_losses:
@@ -339,5 +367,10 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        self._data_checks.__exit__(None, None, None)
         self.logger.close()
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -38,8 +38,7 @@ def run_pretrain(config: Config, opts: RunOptions, *, stop_after_steps: Optional
     checkpoint (a simulated interruption, used to test resuming).
     """
     config = apply_epoch_override(config, opts.epochs)
-    trainer = Trainer(config, opts, task="pretrain")
-    try:
+    with Trainer(config, opts, task="pretrain") as trainer:
         log = trainer.logger
         batch_size = trainer.per_rank_batch(config.total_bs)
         if opts.data is not None:  # packed shards: cached teacher features, streamed order
@@ -67,12 +66,12 @@ def run_pretrain(config: Config, opts: RunOptions, *, stop_after_steps: Optional
                  f"epochs {trainer.start_epoch + 1}..{config.max_epoch + 1}, device {trainer.device}")
 
         def step(batch: dict) -> dict[str, torch.Tensor]:
+            """One batch's loss (fit does the backward pass and the optimizer step)."""
             batch = to_device(batch, trainer.device)
             points = rotate_y(points_of(batch))  # official PointcloudRotate on the batch
             img_feature, text_feature = targets(batch)
             with trainer.autocast():
-                loss, losses = trainer.forward_model(points, img_feature, text_feature)
-            trainer.backward_and_step(loss)
+                loss, losses = trainer.model(points, img_feature, text_feature)
             return {"loss": loss, **losses}
 
         def evaluate(epoch: int) -> Optional[float]:
@@ -80,8 +79,6 @@ def run_pretrain(config: Config, opts: RunOptions, *, stop_after_steps: Optional
 
         return trainer.fit(loader, sampler, step, evaluate=evaluate,
                            stop_after_steps=stop_after_steps)
-    finally:
-        trainer.close()
 
 
 def validate_svm(config: Config, opts: RunOptions, trainer: Trainer, epoch: int) -> Optional[float]:
