@@ -82,9 +82,10 @@ stage_limit() {
   echo "$cap"
 }
 
-# run_stage NAME CAP COMMAND...: the command under `timeout -s INT`, logged as a STAGE line.
+# run_stage NAME CAP LOG COMMAND...: the command under `timeout -s INT`, its output appended to
+# $OUT/LOG, its end logged as a STAGE line.
 run_stage() {
-  local name=$1 cap=$2; shift 2
+  local name=$1 cap=$2 stage_log="$OUT/$3"; shift 3
   case " $RUN_STAGES " in *" $name "*) ;; *) log "skip $name (not in GPU_CHECK_STAGES)"; return 0 ;; esac
   local limit; limit=$(stage_limit "$cap")
   if [ "$limit" -lt 10 ]; then
@@ -92,7 +93,7 @@ run_stage() {
   fi
   log "start $name (limit ${limit} s)"
   local t0; t0=$(date +%s)
-  timeout -s INT -k "$KILL_GRACE" "$limit" "$@"
+  timeout -s INT -k "$KILL_GRACE" "$limit" "$@" >> "$stage_log" 2>&1
   local rc=$?
   log "STAGE $name rc=$rc seconds=$(( $(date +%s) - t0 ))"
   summarise
@@ -125,8 +126,8 @@ if [ -z "$arch" ]; then
   summarise; exit 1
 fi
 log "building for sm_${arch/./} only"
-run_stage build 170 env TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" RECON_FAST_FORCE_CUDA=1 \
-  $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1
+run_stage build 170 build.log env TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" \
+  RECON_FAST_FORCE_CUDA=1 $PY setup.py build_ext --inplace
 status_build=$?
 if [ "$status_build" != 0 ] && case " $RUN_STAGES " in *" build "*) true ;; *) false ;; esac; then
   log "BUILD FAILED (rc $status_build); the tail of build.log:"; tail -30 "$OUT/build.log" | tee -a "$OUT/run.log"
@@ -136,21 +137,21 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 $PY -c 'import recon_fast; print("ENV build_info", recon_fast.build_info())' 2>&1 | tail -1 | sed 's/^/[gpu_check] /' | tee -a "$OUT/run.log"
 
 # shellcheck disable=SC2046 # per_test and workers expand to several words on purpose
-run_stage tests 110 $PY -m pytest tests -m "cuda or cuda_build" "${PYTEST_COMMON[@]}" $(workers) \
-  $(per_test 90) --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
+run_stage tests 110 tests.log $PY -m pytest tests -m "cuda or cuda_build" "${PYTEST_COMMON[@]}" \
+  $(workers) $(per_test 90) --junitxml="$OUT/tests.xml"
 status_tests=$?
 tail -3 "$OUT/tests.log"
 
 # shellcheck disable=SC2046
 # The CUDA ops first, the attention last (its Triton kernels compile on first use).
-run_stage bench_ops 120 $PY -m pytest bench/bench_fps.py bench/bench_knn.py bench/bench_chamfer.py \
-  bench/bench_group.py bench/bench_attention.py -m cuda "${PYTEST_COMMON[@]}" $(per_test 60) \
-  > "$OUT/bench.log" 2>&1
+run_stage bench_ops 120 bench.log $PY -m pytest bench/bench_fps.py bench/bench_knn.py \
+  bench/bench_chamfer.py bench/bench_group.py bench/bench_attention.py -m cuda "${PYTEST_COMMON[@]}" \
+  $(per_test 60)
 status_ops=$?
 
 # shellcheck disable=SC2046
-run_stage bench_train 190 $PY -m pytest bench/bench_train_step.py -m cuda -s "${PYTEST_COMMON[@]}" \
-  $(per_test 170) >> "$OUT/bench.log" 2>&1
+run_stage bench_train 190 bench.log $PY -m pytest bench/bench_train_step.py -m cuda -s \
+  "${PYTEST_COMMON[@]}" $(per_test 170)
 status_train=$?
 
 log "exit codes: build $status_build, tests $status_tests, bench_ops $status_ops, bench_train $status_train"
