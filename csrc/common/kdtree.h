@@ -38,61 +38,90 @@ struct KdTree {
 
   // Builds over the points `ids` of the cloud (xs, ys, zs are indexed by original index).
   void build(const T* xs, const T* ys, const T* zs, std::vector<int64_t> ids, int32_t leaf) {
-    leaf_size = leaf;
+    leaf_size = std::max<int32_t>(leaf, 1);
     nodes.clear();
     const int64_t n = static_cast<int64_t>(ids.size());
     index = std::move(ids);
-    if (n == 0) return;
-    nodes.reserve(static_cast<size_t>(4 * n / std::max<int32_t>(leaf, 1) + 4));
-    build_node(xs, ys, zs, 0, static_cast<int32_t>(n));
-    // Inside a leaf, slots follow the original index, so a vectorised leaf scan that keeps the
-    // first of equal candidates keeps the lowest index, as brute force does.
-    for (const Node& node : nodes) {
-      if (node.is_leaf()) std::sort(index.begin() + node.begin, index.begin() + node.end);
-    }
-    // kSimdPad zero slots past the end let a leaf be read in whole vectors.
     x.assign(n + kSimdPad, T(0));
     y.assign(n + kSimdPad, T(0));
     z.assign(n + kSimdPad, T(0));
+    if (n == 0) return;
+    // Points are partitioned with their coordinates beside them: the median selections then
+    // read memory in order instead of chasing indices into the coordinate arrays.
+    std::vector<Point> pts(n);
     for (int64_t s = 0; s < n; ++s) {
-      x[s] = xs[index[s]];
-      y[s] = ys[index[s]];
-      z[s] = zs[index[s]];
+      const int64_t i = index[s];
+      pts[s] = Point{{xs[i], ys[i], zs[i]}, i};
+    }
+    T lo[3], hi[3];
+    bounds(pts.data(), 0, static_cast<int32_t>(n), lo, hi);
+    nodes.reserve(static_cast<size_t>(4 * n / leaf_size + 4));
+    build_node(pts.data(), 0, static_cast<int32_t>(n), lo, hi);
+    for (int64_t s = 0; s < n; ++s) {
+      x[s] = pts[s].c[0];
+      y[s] = pts[s].c[1];
+      z[s] = pts[s].c[2];
+      index[s] = pts[s].id;
     }
   }
 
   bool empty() const { return nodes.empty(); }
 
  private:
-  int32_t build_node(const T* xs, const T* ys, const T* zs, int32_t begin, int32_t end) {
+  struct Point {
+    T c[3];
+    int64_t id;
+  };
+
+  static void bounds(const Point* pts, int32_t begin, int32_t end, T* lo, T* hi) {
+    for (int a = 0; a < 3; ++a) lo[a] = hi[a] = pts[begin].c[a];
+    for (int32_t s = begin + 1; s < end; ++s) {
+      for (int a = 0; a < 3; ++a) {
+        const T v = pts[s].c[a];
+        lo[a] = v < lo[a] ? v : lo[a];
+        hi[a] = v > hi[a] ? v : hi[a];
+      }
+    }
+  }
+
+  // Splits at the median of the widest axis of `lo`/`hi`, a box around the node's points (the
+  // parent's box cut at the split): balanced nodes, so a search descends log2(n / leaf) levels.
+  // The boxes stored for pruning are tight: a leaf's from its points, a parent's the union of
+  // its children's, so every face is a point coordinate (what the exactness of the pruning
+  // rests on).
+  int32_t build_node(Point* pts, int32_t begin, int32_t end, const T* lo, const T* hi) {
     const int32_t id = static_cast<int32_t>(nodes.size());
     nodes.push_back(Node{});
     Node node;
     node.begin = begin;
     node.end = end;
     node.left = node.right = -1;
-    const T* coords[3] = {xs, ys, zs};
-    for (int a = 0; a < 3; ++a) {
-      T lo = coords[a][index[begin]], hi = lo;
-      for (int32_t s = begin + 1; s < end; ++s) {
-        const T v = coords[a][index[s]];
-        lo = v < lo ? v : lo;
-        hi = v > hi ? v : hi;
-      }
-      node.lo[a] = lo;
-      node.hi[a] = hi;
+    if (end - begin <= leaf_size) {
+      // Inside a leaf, slots follow the original index, so a vectorised leaf scan that keeps
+      // the first of equal candidates keeps the lowest index, as brute force does.
+      std::sort(pts + begin, pts + end, [](const Point& a, const Point& b) { return a.id < b.id; });
+      bounds(pts, begin, end, node.lo, node.hi);
+      nodes[id] = node;
+      return id;
     }
-    if (end - begin > leaf_size) {
-      int axis = 0;
-      for (int a = 1; a < 3; ++a) {
-        if (node.hi[a] - node.lo[a] > node.hi[axis] - node.lo[axis]) axis = a;
-      }
-      const int32_t mid = begin + (end - begin) / 2;
-      const T* c = coords[axis];
-      std::nth_element(index.begin() + begin, index.begin() + mid, index.begin() + end,
-                       [c](int64_t a, int64_t b) { return c[a] < c[b]; });
-      node.left = build_node(xs, ys, zs, begin, mid);
-      node.right = build_node(xs, ys, zs, mid, end);
+    int axis = 0;
+    for (int a = 1; a < 3; ++a) {
+      if (hi[a] - lo[a] > hi[axis] - lo[axis]) axis = a;
+    }
+    const int32_t mid = begin + (end - begin) / 2;
+    std::nth_element(pts + begin, pts + mid, pts + end,
+                     [axis](const Point& a, const Point& b) { return a.c[axis] < b.c[axis]; });
+    const T split = pts[mid].c[axis];
+    T left_hi[3] = {hi[0], hi[1], hi[2]}, right_lo[3] = {lo[0], lo[1], lo[2]};
+    left_hi[axis] = split;
+    right_lo[axis] = split;
+    node.left = build_node(pts, begin, mid, lo, left_hi);
+    node.right = build_node(pts, mid, end, right_lo, hi);
+    const Node& l = nodes[node.left];
+    const Node& r = nodes[node.right];
+    for (int a = 0; a < 3; ++a) {
+      node.lo[a] = l.lo[a] < r.lo[a] ? l.lo[a] : r.lo[a];
+      node.hi[a] = l.hi[a] > r.hi[a] ? l.hi[a] : r.hi[a];
     }
     nodes[id] = node;
     return id;

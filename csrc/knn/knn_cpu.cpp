@@ -16,6 +16,7 @@
 #include "common/checks.h"
 #include "common/cpu_utils.h"
 #include "common/kdtree.h"
+#include "common/morton.h"
 #include "common/neighbor_grad.h"
 
 #define RECON_FAST_SIMD_BODY "knn/knn_cpu_simd.h"

@@ -66,56 +66,19 @@ struct MortonCloud {
   SoaCloud<T> cloud;
   std::vector<int64_t> orig;
   std::vector<uint32_t> codes;
-  T lo[3] = {0, 0, 0};
-  T scale = 0;
+  MortonGrid<T> grid;
 
-  static uint32_t spread_bits(uint32_t v) {  // 10 bits -> every third bit of 30
-    v = (v | (v << 16)) & 0x030000FFu;
-    v = (v | (v << 8)) & 0x0300F00Fu;
-    v = (v | (v << 4)) & 0x030C30C3u;
-    v = (v | (v << 2)) & 0x09249249u;
-    return v;
-  }
-
-  uint32_t code_of(T x, T y, T z) const {
-    const T c[3] = {x, y, z};
-    uint32_t code = 0;
-    for (int a = 0; a < 3; ++a) {
-      T q = (c[a] - lo[a]) * scale;
-      q = q > T(0) ? (q < T(1023) ? q : T(1023)) : T(0);  // also maps NaN to 0
-      code |= spread_bits(static_cast<uint32_t>(q)) << a;
-    }
-    return code;
-  }
+  uint32_t code_of(T x, T y, T z) const { return grid.code(x, y, z); }
 
   void build(const SoaCloud<T>& src) {
     const int64_t n = src.size;
-    T hi[3];
-    const std::vector<T>* axes[3] = {&src.x, &src.y, &src.z};
-    for (int a = 0; a < 3; ++a) {
-      lo[a] = hi[a] = (*axes[a])[0];
-      for (int64_t i = 1; i < n; ++i) {
-        lo[a] = std::min(lo[a], (*axes[a])[i]);
-        hi[a] = std::max(hi[a], (*axes[a])[i]);
-      }
-    }
-    const T extent = std::max({hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]});
-    scale = extent > T(0) ? T(1023) / extent : T(0);
-    std::vector<uint64_t> keyed(n), scratch(n);
+    grid.fit(src.x.data(), src.y.data(), src.z.data(), n);
+    std::vector<uint64_t> keyed(n);
     for (int64_t i = 0; i < n; ++i) {
       keyed[i] = (static_cast<uint64_t>(code_of(src.x[i], src.y[i], src.z[i])) << 32) |
                  static_cast<uint64_t>(i);
     }
-    // LSD radix sort on the 30-bit code, 10 bits per pass: a comparison sort's mispredicted
-    // branches cost more than the queries save on small clouds. Stable, so equal codes keep
-    // index order.
-    for (int shift = 32; shift < 62; shift += 10) {
-      int64_t count[1025] = {0};
-      for (int64_t i = 0; i < n; ++i) ++count[((keyed[i] >> shift) & 1023) + 1];
-      for (int b = 0; b < 1024; ++b) count[b + 1] += count[b];
-      for (int64_t i = 0; i < n; ++i) scratch[count[(keyed[i] >> shift) & 1023]++] = keyed[i];
-      keyed.swap(scratch);
-    }
+    morton_sort(keyed);
     const T nan = std::numeric_limits<T>::quiet_NaN();
     const int64_t padded = src.padded_size();
     cloud.size = n;
