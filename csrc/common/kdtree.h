@@ -217,6 +217,22 @@ struct TopK {
   int64_t index(int64_t j) const { return DistKey<T>::index(keys[j]); }
 };
 
+// Pushes a node's children on a search stack, the farther first, so the nearer is searched
+// first.
+template <int Norm, typename T>
+inline void push_children_nearer_last(const KdTree<T>& tree, const typename KdTree<T>::Node& node,
+                                      T qx, T qy, T qz, int32_t* stack, int& sp) {
+  const T bl = box_lower_bound<Norm, T>(tree.nodes[node.left], qx, qy, qz);
+  const T br = box_lower_bound<Norm, T>(tree.nodes[node.right], qx, qy, qz);
+  if (bl <= br) {
+    stack[sp++] = node.right;
+    stack[sp++] = node.left;
+  } else {
+    stack[sp++] = node.left;
+    stack[sp++] = node.right;
+  }
+}
+
 // k-nearest-neighbour search of one query in the tree, results merged into `top`.
 template <int Norm, typename T>
 void kdtree_knn(const KdTree<T>& tree, T qx, T qy, T qz, TopK<T>& top) {
@@ -236,18 +252,7 @@ void kdtree_knn(const KdTree<T>& tree, T qx, T qy, T qz, TopK<T>& top) {
       }
       continue;
     }
-    const auto& l = tree.nodes[node.left];
-    const auto& r = tree.nodes[node.right];
-    const T bl = box_lower_bound<Norm, T>(l, qx, qy, qz);
-    const T br = box_lower_bound<Norm, T>(r, qx, qy, qz);
-    // Push the farther child first so the nearer one is searched first.
-    if (bl <= br) {
-      stack[sp++] = node.right;
-      stack[sp++] = node.left;
-    } else {
-      stack[sp++] = node.left;
-      stack[sp++] = node.right;
-    }
+    push_children_nearer_last<Norm>(tree, node, qx, qy, qz, stack, sp);
   }
 }
 

@@ -153,18 +153,7 @@ void kdtree_knn_simd(const KdTree<T>& tree, T qx, T qy, T qz, TopK<T>& top) {
       }
       continue;
     }
-    const auto& l = tree.nodes[node.left];
-    const auto& r = tree.nodes[node.right];
-    const T bl = box_lower_bound<Norm, T>(l, qx, qy, qz);
-    const T br = box_lower_bound<Norm, T>(r, qx, qy, qz);
-    // Push the farther child first so the nearer one is searched first.
-    if (bl <= br) {
-      stack[sp++] = node.right;
-      stack[sp++] = node.left;
-    } else {
-      stack[sp++] = node.left;
-      stack[sp++] = node.right;
-    }
+    push_children_nearer_last<Norm>(tree, node, qx, qy, qz, stack, sp);
   }
 }
 
