@@ -69,13 +69,23 @@ def test_bad_overrides_name_the_key(official_layout, override, match):
 def test_missing_files_are_named(tmp_path, official_layout):
     with pytest.raises(ConfigError, match="neither a file nor a preset"):
         load_config(str(tmp_path / "nope.yaml"))
+    # A _base_ file that is neither next to the config nor a shipped preset.
     os.remove(official_layout.parent.parent / "dataset_configs" / "ShapeNet-55.yaml")
-    with pytest.raises(ConfigError, match="cannot find the _base_ file"):
+    official_layout.write_text(PRETRAIN_YAML.replace("ShapeNet-55.yaml", "NoSuchSet.yaml"))
+    with pytest.raises(ConfigError, match="cannot find the _base_ file .*NoSuchSet.yaml"):
         load_config(str(official_layout))
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {NAME: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(bad))
+
+
+def test_missing_base_file_falls_back_to_the_shipped_preset(official_layout):
+    # The official dataset configs ship as presets: a checkout without cfgs/dataset_configs
+    # still loads, with the preset's values.
+    os.remove(official_layout.parent.parent / "dataset_configs" / "ShapeNet-55.yaml")
+    cfg = load_config(str(official_layout))
+    assert cfg.dataset.train._base_.NAME == "ShapeNet"
 
 
 class _Tiny(torch.nn.Module):
