@@ -35,7 +35,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from recon_fast.ops.validate import FLOAT_DTYPES, accumulation_dtype, describe, length_vector
+from recon_fast.ops.validate import (FLOAT_DTYPES, accumulation_dtype, describe, is_int,
+                                     length_vector)
 
 BACKENDS = ("auto", "triton", "sdpa", "eager")
 _TRITON_AUTO_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -124,9 +125,9 @@ def resolve_backend(backend: str, t: torch.Tensor, head_dim: int = 64) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def _check_num_heads(num_heads) -> int:
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+    if not is_int(num_heads) or num_heads < 1:
         raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
-    return num_heads
+    return int(num_heads)
 
 
 def _check_packed(t, name: str, parts: int, num_heads: int) -> Tuple[int, int, int, int]:

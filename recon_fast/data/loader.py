@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from recon_fast.errors import DataError, InputError
+from recon_fast.ops.validate import is_int
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -124,10 +125,11 @@ def build_loader(dataset: Dataset, batch_size: int, train: bool, workers: int = 
     ``set_epoch(epoch, start)`` every epoch so shuffles differ, and to restart mid-epoch.
     Memory is pinned when CUDA is available.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    if not is_int(workers) or workers < 0:
         raise InputError(f"workers must be a non-negative int, got {workers!r}")
+    batch_size, workers = int(batch_size), int(workers)  # numpy integers: DataLoader wants ints
     if len(dataset) == 0:
         raise DataError("the dataset is empty: check the dataset paths and split lists")
     if rank is None or world is None:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from recon_fast.data.io import (DatasetFileError, PathLike, check_point_array, read_array_pickle,
                                 read_list_file, require_dir, require_file)
 from recon_fast.data.pointcloud import normalize_xyz
+from recon_fast.ops.validate import is_int
 
 SPLITS = ("train", "test")
 
@@ -193,8 +194,9 @@ class ModelNetFewShot(Dataset):
     def __init__(self, root: PathLike, way: int, shot: int, fold: int, split: str = "train", *,
                  use_normals: bool = False):
         for name, value in (("way", way), ("shot", shot), ("fold", fold)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not is_int(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        way, shot, fold = int(way), int(shot), int(fold)
         self.split, self.use_normals = _check_split(split), use_normals
         root = require_dir(root, "ModelNet few-shot (DATA_PATH)")
         self.path = os.path.join(root, f"{way}way_{shot}shot", f"{fold}.pkl")

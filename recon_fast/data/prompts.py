@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from recon_fast.ops.validate import is_int
 
 PROMPT_PREFIXES: tuple[str, ...] = (
     "", "A ", "A model of ", "A model of a ", "A image of ", "A image of a ", "A 3D model of ",
@@ -25,9 +26,9 @@ NUM_PROMPTS = NUM_PREFIXES * NUM_SUFFIXES
 
 
 def _check_id(value: int, name: str, count: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < count:
+    if not is_int(value) or not 0 <= value < count:
         raise ValueError(f"{name} must be an int in [0, {count - 1}], got {value!r}")
-    return value
+    return int(value)
 
 
 def build_prompt(text: str, prefix_id: int, suffix_id: int) -> str:

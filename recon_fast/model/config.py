@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from recon_fast.errors import ConfigError, ConfigNotFoundError
+from recon_fast.ops.validate import is_int
 
 # Width of the features each teacher produces: timm ViTs give their embed_dim, CLIP image towers
 # their projection width (visual.output_dim), CLIP text towers the transformer width (the
@@ -229,7 +230,7 @@ def _teacher_dim(kind: str, teacher: Any, section: Mapping[str, Any]) -> int | N
 
 
 def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ConfigError(f"{name} must be a positive int, got {value!r}")
 
 

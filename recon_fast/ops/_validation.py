@@ -108,6 +108,18 @@ def check_pair(a, a_name: str, b, b_name: str) -> None:
                          f"{b.shape[0]} (shapes {tuple(a.shape)} and {tuple(b.shape)})")
 
 
+def is_int(value) -> bool:
+    """Whether `value` is an integer that Python ints stand for: an int or any integer type that
+    supports ``operator.index`` (numpy integers, 0-d integer tensors), but not a bool."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
 def as_int(value, name: str) -> int:
     """`value` as a Python int: ints and any integer type that supports ``operator.index``
     (numpy integers, 0-d integer tensors); bools and floats are refused."""

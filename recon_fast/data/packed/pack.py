@@ -26,6 +26,7 @@ from recon_fast.errors import DatasetFileError, DatasetNotFoundError, InputError
 from recon_fast.data.packed.shard import (SUFFIX, Shard, ShardError, file_crc32, shard_entry,
                                           shard_name, write_shard_atomic)
 from recon_fast.data.packed.sources import ShapeItem, open_source
+from recon_fast.ops.validate import is_int
 
 PACK_FORMAT = 1
 INDEX = "index.json"
@@ -51,7 +52,7 @@ class PackSettings:
     def check(self) -> None:
         for name in ("points", "shard_size", "image_slots", "text_slots"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise InputError(f"{name} must be a positive int, got {value!r}")
         for name in ("xyz_dtype", "feature_dtype"):
             if getattr(self, name) not in DTYPES:
@@ -295,8 +296,9 @@ def pack(source_spec, out_dir: str, settings: Optional[PackSettings] = None, *,
     settings = settings or PackSettings()
     settings.check()
     teachers = teachers or Teachers()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if not is_int(workers) or workers < 1:
         raise InputError(f"workers must be a positive int, got {workers!r}")
+    workers = int(workers)
     if isinstance(source_spec, str):
         options = {"subset": subset, "whole": whole} if source_spec.startswith("shapenet:") else {}
         source = open_source(source_spec, **options)

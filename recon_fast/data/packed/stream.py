@@ -48,6 +48,7 @@ from recon_fast.data.packed.pack import TEXT_TABLE, read_index
 from recon_fast.data.packed.shard import Shard, ShardError, verify_shard
 from recon_fast.data.prompts import NUM_PREFIXES, NUM_SUFFIXES
 from recon_fast.errors import InputError
+from recon_fast.ops.validate import is_int
 
 
 def _check_entry_on_disk(path: str, entry: dict) -> None:
@@ -86,9 +87,10 @@ class PackedDataset(Dataset):
         self.root = root
         self.index = read_index(root)
         stored = int(self.index["settings"]["points"])
-        if isinstance(npoints, bool) or not isinstance(npoints, int) or not 0 < npoints <= stored:
+        if not is_int(npoints) or not 0 < npoints <= stored:
             raise InputError(f"npoints must be in [1, {stored}] (points stored in {root}), "
                              f"got {npoints!r}")
+        npoints = int(npoints)
         if with_rgb and not self.index.get("has_rgb"):
             raise InputError(f"with_rgb: {root} was packed without rgb (pack with --rgb)")
         self.npoints, self.seed, self.with_rgb = npoints, seed, with_rgb
@@ -300,8 +302,9 @@ def packed_loader(dataset: PackedDataset, batch_size: int, *, train: bool, seed:
                   workers: int, rank: int = 0, world: int = 1, shuffle_buffer: int = 16384,
                   prefetch_factor: int = 4) -> tuple[DataLoader, PackedSampler]:
     """Loader over `dataset`: shuffled and last partial batch dropped only when `train`."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = int(batch_size)
     sampler = PackedSampler(dataset, shuffle=train, seed=seed, rank=rank, world=world,
                             shuffle_buffer=shuffle_buffer)
     batches = BatchSampler(sampler, batch_size, drop_last=train)
