@@ -65,17 +65,25 @@ def _add_run_options(p: argparse.ArgumentParser, default_out: str) -> None:
                    help="folder the config's relative dataset paths (data/...) start from")
     d.add_argument("--cache-dir", help="embedded set + teacher feature caches "
                                        "(default $RECON_FAST_CACHE or ~/.cache/recon_fast)")
+    o = p.add_argument_group("output")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
+
+
+def _add_teacher_options(p: argparse.ArgumentParser, image: bool) -> None:
+    """The CLIP teachers: pretraining distils from both, zero-shot evaluation uses the text one;
+    finetuning uses neither, so its help does not list them."""
+    d = p.add_argument_group("teachers")
     d.add_argument("--teacher-weights",
                    help="CLIP teacher weights: a file (e.g. ~/.cache/clip/ViT-B-32.pt), or 'random' "
                         "for a smoke run (features are meaningless); default: look in local caches")
+    if not image:
+        return
     d.add_argument("--image-teacher-weights",
                    help="timm ViT image teacher weights file (default: timm's local cache)")
     d.add_argument("--image-teacher", default="cache", choices=IMAGE_TEACHER_MODES,
                    help="image targets: cached centre-view features (fast), the online teacher on "
                         "augmented renders (official), or no image distillation")
-    o = p.add_argument_group("output")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
-    o.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard scalars")
 
 
 def _add_packed_data_options(p: argparse.ArgumentParser) -> None:
@@ -139,8 +147,9 @@ def _options(args: argparse.Namespace):
         resume=args.resume, overwrite=args.overwrite, init_ckpt=args.init_ckpt,
         epochs=args.epochs, max_steps=args.max_steps,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, data_root=args.data_root,
-        cache_dir=args.cache_dir, teacher_weights=args.teacher_weights,
-        image_teacher_weights=args.image_teacher_weights, image_teacher=args.image_teacher,
+        cache_dir=args.cache_dir, teacher_weights=getattr(args, "teacher_weights", None),
+        image_teacher_weights=getattr(args, "image_teacher_weights", None),
+        image_teacher=getattr(args, "image_teacher", "cache"),
         progress=not args.no_progress, tensorboard=not args.no_tensorboard,
         validate_data=args.validate_data, data=getattr(args, "data", None),
         skip_bad_shards=getattr(args, "skip_bad_shards", False),
@@ -305,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="ReCon pretraining (reconstruction + distillation)")
     _add_run_options(p, "runs/pretrain")
+    _add_teacher_options(p, image=True)
     _add_packed_data_options(p)
     p.set_defaults(func=_pretrain)
 
@@ -333,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--votes", type=int, default=10, help="votes per round (vote)")
     e.add_argument("--vote-rounds", type=int, default=1, help="voting rounds, best reported (vote)")
     _add_run_options(e, "runs/eval")
+    _add_teacher_options(e, image=False)
     _hide_training_options(e)
     _add_recompute_bn(e)
     e.set_defaults(func=_eval, training_defaults={a.dest: a.default for a in e._actions

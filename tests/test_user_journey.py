@@ -27,6 +27,18 @@ def test_eval_help_lists_only_what_eval_uses(capsys):
     assert "--recompute-bn" not in help_of(["pretrain"], capsys)
 
 
+def test_finetune_and_fewshot_help_leave_out_the_teachers(capsys):
+    # Finetuning distils from no teacher: its help lists no teacher options; pretraining's does,
+    # and zero-shot evaluation keeps the text teacher's weights.
+    for command in (["finetune"], ["fewshot"]):
+        text = help_of(command, capsys)
+        for flag in ("--teacher-weights", "--image-teacher", "--image-teacher-weights"):
+            assert flag not in text, (command, flag)
+        assert "--init-ckpt" in text
+    assert "--image-teacher" in help_of(["pretrain"], capsys)
+    assert "--teacher-weights" in help_of(["eval"], capsys)
+
+
 def test_eval_refuses_training_options(capsys):
     assert main(["eval", "svm", "--config", "embedded_svm", "--ckpt", "x.pth", "--epochs", "3"]) == 2
     assert "--epochs is a training option" in capsys.readouterr().err
