@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -119,26 +118,40 @@ def test_pack_refuses_a_folder_packed_with_other_settings(tmp_path):
              progress=False)
 
 
+# Runs `recon-fast pack` and kills the process (SIGKILL, no clean-up) inside its sixth shard write:
+# the temporary file is complete, the rename to the shard name has not happened. Killing at a
+# counted write, not after a wait, makes the test independent of the machine's speed.
+KILL_IN_SIXTH_SHARD_WRITE = """
+import os, signal, sys
+from recon_fast.cli import main
+real_replace, renamed = os.replace, []
+def replace_or_die(src, dst, *args, **kwargs):
+    if str(dst).endswith(".rfshard"):
+        if len(renamed) == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        renamed.append(dst)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace_or_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_a_killed_pack_resumes_to_identical_shards(tmp_path):
     src = tmp_path / "openshape"
-    write_openshape(str(src), 150, n_points=512, dim=64)
+    write_openshape(str(src), 12, n_points=512, dim=64)
     reference = tmp_path / "reference"
     pack(f"openshape:{src}", str(reference), PackSettings(points=512, shard_size=1), progress=False)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "recon_fast.cli", "pack", "--source", f"openshape:{src}",
-           "--out", str(out), "--points", "512", "--shard-size", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        done = [n for n in os.listdir(out) if n.endswith(".rfshard")] if out.exists() else []
-        if len(done) >= 5:
-            break
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "index.json").exists(), "the pack finished before it could be killed"
-    assert proc.returncode == -signal.SIGKILL
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    args = ["pack", "--source", f"openshape:{src}", "--out", str(out), "--points", "512",
+            "--shard-size", "1", "--no-progress"]
+    killed = subprocess.run([sys.executable, "-c", KILL_IN_SIXTH_SHARD_WRITE] + args,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "index.json").exists()
+    assert len([n for n in os.listdir(out) if n.endswith(".rfshard")]) == 5
+    assert [n for n in os.listdir(out) if ".tmp" in n], "the kill left no temporary shard"
+    result = subprocess.run([sys.executable, "-m", "recon_fast.cli"] + args, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     names = sorted(n for n in os.listdir(reference) if n.endswith(".rfshard"))
     assert names == sorted(n for n in os.listdir(out) if n.endswith(".rfshard"))
