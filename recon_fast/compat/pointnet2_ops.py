@@ -166,7 +166,20 @@ class FurthestPointSampling(torch.autograd.Function):
         return None, None
 
 
-class GatherOperation(torch.autograd.Function):
+class _IndexedFeatures(torch.autograd.Function):
+    """Features picked by index (gather: idx (B, npoint); grouping: idx (B, npoint, nsample)):
+    the backward scatters the gradient rows back onto the N points, the same for both."""
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (idx,) = ctx.saved_tensors
+        B, C = grad_out.shape[:2]
+        rows = grad_out.reshape(B, C, -1).transpose(1, 2)  # (B, picks, C)
+        grad = _scatter_rows(rows, idx.reshape(B, -1), ctx.num_points)  # (B, N, C)
+        return grad.transpose(1, 2), None
+
+
+class GatherOperation(_IndexedFeatures):
     """``GatherOperation.apply(features, idx)``: see :func:`gather_operation`."""
 
     @staticmethod
@@ -176,15 +189,8 @@ class GatherOperation(torch.autograd.Function):
         ctx.num_points = features.shape[2]
         return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        (idx,) = ctx.saved_tensors
-        rows = grad_out.transpose(1, 2)  # (B, npoint, C)
-        grad = _scatter_rows(rows, idx, ctx.num_points)  # (B, N, C)
-        return grad.transpose(1, 2), None
 
-
-class GroupingOperation(torch.autograd.Function):
+class GroupingOperation(_IndexedFeatures):
     """``GroupingOperation.apply(features, idx)``: see :func:`grouping_operation`."""
 
     @staticmethod
@@ -193,14 +199,6 @@ class GroupingOperation(torch.autograd.Function):
         ctx.save_for_backward(idx)
         ctx.num_points = features.shape[2]
         return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (idx,) = ctx.saved_tensors
-        B, C = grad_out.shape[:2]
-        rows = grad_out.reshape(B, C, -1).transpose(1, 2)  # (B, npoint * nsample, C)
-        grad = _scatter_rows(rows, idx.reshape(B, -1), ctx.num_points)  # (B, N, C)
-        return grad.transpose(1, 2), None
 
 
 class ThreeNN(torch.autograd.Function):
