@@ -252,6 +252,41 @@ def test_forward_uses_the_random_mask_when_none_is_given():
     assert torch.equal(loss_random, loss_given)
 
 
+@pytest.mark.parametrize("loss", ["cdl2", "cdl1"])
+def test_reconstruct_returns_what_the_reconstruction_loss_compares(loss):
+    """Chamfer(predicted, masked) of reconstruct() is the forward's mdm on the same mask; the
+    patches are the input's own points (clouds' coordinates), split as the mask says."""
+    from reference import chamfer_l1_reference, chamfer_l2_reference
+
+    model = ReCon(tiny_config(loss=loss)).eval()
+    pts, img, text = clouds(), torch.randn(BATCH, 20), torch.randn(BATCH, 12)
+    patches = model.reconstruct(pts, generator=torch.Generator().manual_seed(3))
+    again = model.reconstruct(pts, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(patches.mask, again.mask) and torch.equal(patches.predicted, again.predicted)
+    G, K, M = 16, TINY["group_size"], model.num_masked
+    assert patches.mask.shape == (BATCH, G) and (patches.mask.sum(1) == M).all()
+    assert patches.visible.shape == (BATCH, G - M, K, 3)
+    assert patches.masked.shape == patches.predicted.shape == (BATCH, M, K, 3)
+
+    _, losses = model(pts, img, text, mask=patches.mask)
+    chamfer = chamfer_l2_reference if loss == "cdl2" else chamfer_l1_reference
+    expected = chamfer(patches.predicted.reshape(-1, K, 3), patches.masked.reshape(-1, K, 3))
+    assert_matches(losses["mdm"], expected, "mdm vs Chamfer of reconstruct()")
+
+    def farthest_from(a, b):  # max over a's points of the distance to the nearest point of b
+        exact = torch.cdist(a.reshape(-1, 3), b.reshape(-1, 3),
+                            compute_mode="donot_use_mm_for_euclid_dist")
+        return exact.min(dim=1).values.max().item()
+
+    for b in range(BATCH):  # patches hold input points; each masked patch holds its centre
+        assert farthest_from(patches.visible[b], pts[b]) < 1e-6
+        assert farthest_from(patches.masked[b], pts[b]) < 1e-6
+        for centre, patch in zip(patches.center[b][patches.mask[b]], patches.masked[b]):
+            assert farthest_from(centre, patch) < 1e-6
+        for centre, patch in zip(patches.center[b][~patches.mask[b]], patches.visible[b]):
+            assert farthest_from(centre, patch) < 1e-6
+
+
 def test_split_by_mask_orders_like_boolean_indexing():
     mask = random_mask(5, 11, 6)
     visible, masked = split_by_mask(mask, 6)

@@ -3,6 +3,7 @@
     from recon_fast.model import ReCon, ReConConfig
     model = ReCon(ReConConfig.base())
     loss, losses = model(points, img_feature, text_feature)   # losses: mdm, csc_img, csc_text
+    model.eval(); patches = model.reconstruct(points)       # visible / masked / predicted patches
 
 Parameter names match the official code, so official checkpoints load
 (:func:`load_official_checkpoint`) and ours load in the official code.
@@ -19,7 +20,7 @@ from recon_fast.model.checkpoint import (LoadReport, load_official_checkpoint, r
                                          read_state_dict, save_atomic, save_checkpoint, unwrap)
 from recon_fast.model.config import ReConConfig
 from recon_fast.model.downstream import ReConClassifier, ReConSVMFeatures, ReConZeroShot
-from recon_fast.model.recon import LOSS_KEYS, ReCon
+from recon_fast.model.recon import LOSS_KEYS, ReCon, Reconstruction
 
 MODEL_CLASSES = {
     "ReCon": ReCon,
@@ -39,7 +40,7 @@ def build_model(config: ReConConfig | Mapping[str, Any], **overrides: Any) -> nn
 
 
 __all__ = [
-    "ReConConfig", "ReCon", "ReConTransformer", "ReConClassifier", "ReConZeroShot",
+    "ReConConfig", "ReCon", "Reconstruction", "ReConTransformer", "ReConClassifier", "ReConZeroShot",
     "ReConSVMFeatures", "build_model", "MODEL_CLASSES", "LOSS_KEYS", "load_official_checkpoint",
     "save_checkpoint", "read_state_dict", "read_checkpoint", "save_atomic", "unwrap", "LoadReport",
 ]

@@ -13,6 +13,7 @@ one graph.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -35,6 +36,18 @@ def split_by_mask(mask: torch.Tensor, num_masked: int) -> tuple[torch.Tensor, to
     order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices  # (B, G): visible first
     num_visible = mask.shape[1] - num_masked
     return order[:, :num_visible], order[:, num_visible:]
+
+
+class Reconstruction(NamedTuple):
+    """One batch as the model sees and rebuilds it, in the clouds' own coordinates.
+
+    G patches of K points per cloud, M = ``num_masked`` of them masked, V = G - M visible;
+    patches keep the order of their indices in ``mask`` (ascending)."""
+    center: torch.Tensor  # (B, G, 3) patch centres
+    mask: torch.Tensor  # (B, G) bool, True = masked
+    visible: torch.Tensor  # (B, V, K, 3) the patches the encoder sees
+    masked: torch.Tensor  # (B, M, K, 3) the hidden patches (ground truth)
+    predicted: torch.Tensor  # (B, M, K, 3) the decoder's reconstruction of the hidden patches
 
 
 class ReCon(nn.Module):
@@ -72,17 +85,20 @@ class ReCon(nn.Module):
     def num_masked(self) -> int:
         return self.config.num_masked
 
-    def random_mask(self, center: torch.Tensor) -> torch.Tensor:
+    def random_mask(self, center: torch.Tensor,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """(B, G, 3) centres -> (B, G) bool mask with exactly int(mask_ratio * G) True per cloud.
 
         "rand": a uniformly random subset per cloud. "block": the patches nearest to a random
-        centre (the official alternative). Built on the centres' device, no host round trip.
+        centre (the official alternative). Built on the centres' device, no host round trip;
+        drawn from `generator` (on that device) when given, else from the global stream.
         """
         B, G, _ = center.shape
         if self.config.mask_type == "rand":
-            scores = torch.rand(B, G, device=center.device)
+            scores = torch.rand(B, G, device=center.device, generator=generator)
         else:
-            anchor = torch.randint(G, (B, 1, 1), device=center.device).expand(B, 1, 3)
+            anchor = torch.randint(G, (B, 1, 1), device=center.device,
+                                   generator=generator).expand(B, 1, 3)
             anchor_xyz = torch.gather(center.detach(), 1, anchor)  # (B, 1, 3)
             scores = (center.detach() - anchor_xyz).norm(dim=-1)  # (B, G)
         masked = scores.argsort(dim=1)[:, :self.num_masked]  # (B, M)
@@ -105,38 +121,72 @@ class ReCon(nn.Module):
             (loss, losses): the total (sum of the terms; float32 under autocast) and the terms by
             official name: "mdm" (Chamfer reconstruction), "csc_img", "csc_text".
         """
-        neighborhood, center = self.MAE_encoder.group(points)  # (B, G, K, 3), (B, G, 3)
+        neighborhood, center, mask = self._patches_and_mask(points, mask)
         B = points.shape[0]
         self._check_teacher_feature("img_feature", img_feature, B, "img_proj",
                                     self.config.img_feature_dim)
         self._check_teacher_feature("text_feature", text_feature, B, "text_proj",
                                     self.config.text_feature_dim)
-        mask = self.random_mask(center) if mask is None else self._check_mask(mask, center)
-        visible_idx, masked_idx = split_by_mask(mask, self.num_masked)
-        tokens = self.MAE_encoder(neighborhood, center, visible_idx)  # (B, 3 + V, C)
-
-        losses = {"mdm": self._reconstruction_loss(tokens[:, 3:], neighborhood, center,
-                                                   visible_idx, masked_idx)}
+        tokens, predicted, _, masked_idx = self._predict_masked(neighborhood, center, mask)
+        losses = {"mdm": self._reconstruction_loss(predicted, gather_rows(neighborhood, masked_idx))}
         if img_feature is not None:
             losses["csc_img"] = _distillation_loss(self.img_proj(tokens[:, 1]), img_feature)
         if text_feature is not None:
             losses["csc_text"] = _distillation_loss(self.text_proj(tokens[:, 2]), text_feature)
         return sum(losses.values()), losses
 
-    def _reconstruction_loss(self, visible_tokens, neighborhood, center, visible_idx, masked_idx):
-        """Decode [visible tokens, mask tokens] and compare the predicted masked patches."""
+    @torch.no_grad()
+    def reconstruct(self, points: torch.Tensor, *, mask: torch.Tensor | None = None,
+                    generator: Optional[torch.Generator] = None) -> Reconstruction:
+        """The masked-patch reconstruction behind the "mdm" loss, for pictures and analyses.
+
+        The same grouping, masking and decoding as :meth:`forward` (so the Chamfer distance
+        between ``predicted`` and ``masked`` is the forward's "mdm" for the same mask), without
+        gradients. Call ``model.eval()`` first for a deterministic pass (no drop-path).
+
+        Args:
+            points: (B, N, 3) clouds, as for :meth:`forward`.
+            mask: optional (B, G) bool, True = masked; else drawn by :meth:`random_mask` from
+                `generator` (a seeded generator on the points' device gives the same mask on
+                every call).
+        """
+        neighborhood, center, mask = self._patches_and_mask(points, mask, generator)
+        _, predicted, visible_idx, masked_idx = self._predict_masked(neighborhood, center, mask)
+        cloud = neighborhood + center[:, :, None]  # patches back in the clouds' coordinates
+        masked_center = gather_rows(center, masked_idx)[:, :, None]  # (B, M, 1, 3)
+        return Reconstruction(center=center, mask=mask, visible=gather_rows(cloud, visible_idx),
+                              masked=gather_rows(cloud, masked_idx),
+                              predicted=predicted.to(center.dtype) + masked_center)
+
+    def _patches_and_mask(self, points, mask, generator=None):
+        """Group the clouds into centred patches (B, G, K, 3) and centres (B, G, 3); draw the
+        mask (or check the given one)."""
+        neighborhood, center = self.MAE_encoder.group(points)
+        mask = (self.random_mask(center, generator) if mask is None
+                else self._check_mask(mask, center))
+        return neighborhood, center, mask
+
+    def _predict_masked(self, neighborhood, center, mask):
+        """Encode the visible patches, decode [visible tokens, mask tokens]: the encoder's
+        tokens (B, 3 + V, C), the predicted masked patches (B, M, K, 3), centred as
+        `neighborhood` is, and the visible / masked patch indices."""
+        visible_idx, masked_idx = split_by_mask(mask, self.num_masked)
+        tokens = self.MAE_encoder(neighborhood, center, visible_idx)  # (B, 3 + V, C)
         B, M = masked_idx.shape
-        K = self.config.group_size
         pos_visible = self.decoder_pos_embed(gather_rows(center, visible_idx))  # (B, V, C)
         pos_masked = self.decoder_pos_embed(gather_rows(center, masked_idx))  # (B, M, C)
-        x = torch.cat([visible_tokens, self.mask_token.expand(B, M, -1)], dim=1)  # (B, G, C)
+        x = torch.cat([tokens[:, 3:], self.mask_token.expand(B, M, -1)], dim=1)  # (B, G, C)
         decoded = self.MAE_decoder(x, torch.cat([pos_visible, pos_masked], dim=1), M)  # (B, M, C)
         predicted = self.increase_dim(decoded.transpose(1, 2)).transpose(1, 2)  # (B, M, 3K)
-        predicted = predicted.reshape(B * M, K, 3)  # (BM, K, 3)
-        target = gather_rows(neighborhood, masked_idx).reshape(B * M, K, 3)  # (BM, K, 3)
+        return tokens, predicted.reshape(B, M, self.config.group_size, 3), visible_idx, masked_idx
+
+    def _reconstruction_loss(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Chamfer distance between predicted and true masked patches, both (B, M, K, 3)."""
+        K = self.config.group_size
         distance = "squared" if self.config.loss == "cdl2" else "euclidean"
         # The prediction may be bf16 under autocast; the loss is taken in the targets' precision.
-        return ops.chamfer_distance(predicted.to(target.dtype), target, distance=distance)
+        return ops.chamfer_distance(predicted.reshape(-1, K, 3).to(target.dtype),
+                                    target.reshape(-1, K, 3), distance=distance)
 
     def _check_mask(self, mask, center: torch.Tensor) -> torch.Tensor:
         B, G = center.shape[:2]
