@@ -263,6 +263,17 @@ def _report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _visualize(args: argparse.Namespace) -> int:
+    from recon_fast.visualize import visualize
+
+    for path in visualize(args.target, config_name=args.config, overrides=args.overrides,
+                          clouds=args.clouds, point_files=args.points, out_dir=args.out,
+                          seed=args.seed, device=args.device, data_root=args.data_root,
+                          cache_dir=args.cache_dir):
+        print(path, flush=True)
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     from recon_fast.train.config import PRESET_DIR, list_presets
 
@@ -359,6 +370,29 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="also write the table to this .md file and the rows to the "
                                   "matching .json")
     rp.set_defaults(func=_report_command)
+
+    v = sub.add_parser("visualize", help="pictures: masked-patch reconstructions of a "
+                                         "checkpoint and a run's training curves (PNG)")
+    v.add_argument("target", metavar="CHECKPOINT_OR_RUN_DIR",
+                   help="a pretraining checkpoint, or a run folder (its log's curves and its "
+                        "ckpt-last.pth's reconstructions)")
+    v.add_argument("--config", help="the config the checkpoint was trained with (default: the "
+                                    "run folder's config.yaml, else the one in the checkpoint)")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    v.add_argument("--clouds", type=int, default=4,
+                   help="clouds of the config's training set to draw (default 4)")
+    v.add_argument("--points", action="append", default=[], metavar="FILE",
+                   help="draw this cloud (.npy, or .txt with x y z columns) instead (repeatable)")
+    v.add_argument("--out", help="folder for the PNGs (default: <run folder or checkpoint's "
+                                 "folder>/pictures)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0)")
+    v.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    v.add_argument("--data-root", default=".",
+                   help="folder the config's relative dataset paths (data/...) start from")
+    v.add_argument("--cache-dir", help="embedded set cache (default $RECON_FAST_CACHE or "
+                                       "~/.cache/recon_fast)")
+    v.set_defaults(func=_visualize)
 
     pr = sub.add_parser("presets", help="list the configs shipped with recon_fast")
     pr.set_defaults(func=_presets)

@@ -19,7 +19,7 @@ __all__ = [
     "DeviceError", "NotCompiledError",
     "DataError", "DatasetNotFoundError", "DatasetFileError",
     "CheckpointError", "CheckpointNotFoundError",
-    "TeacherWeightsError", "TeacherWeightsNotFoundError",
+    "TeacherWeightsError", "TeacherWeightsNotFoundError", "MissingPackageError",
 ]
 
 
@@ -83,3 +83,8 @@ class TeacherWeightsError(ReconFastError):
 
 class TeacherWeightsNotFoundError(TeacherWeightsError, FileNotFoundError):
     """No teacher weights file was given or found in the local caches."""
+
+
+class MissingPackageError(ReconFastError, ImportError):
+    """An optional package that a command needs is not installed (the message names it and how
+    to install it)."""
