@@ -59,7 +59,7 @@ def test_readme_python_snippet_runs(index, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "fewshot", "eval", "pack", "presets",
-                                     "demo"])
+                                     "demo", "visualize"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit:
         build_parser().parse_args([command, "--help"] if command != "eval" else
