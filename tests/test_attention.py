@@ -204,6 +204,121 @@ def test_log_sum_exp_is_saved(device):
 
 
 # ---------------------------------------------------------------------------------------------
+# The backward split over key blocks and query blocks
+# ---------------------------------------------------------------------------------------------
+
+H100_SMS = 132  # streaming multiprocessors of an H100 SXM (an H200 has as many)
+
+
+def _kernels():
+    pytest.importorskip("triton")
+    return attention._load_kernels()
+
+
+def planned_backward(B, T, heads, head_dim, dtype, queries=3):
+    """The backward launches of a ReCon block (self + cross role) as the real op builds them, on
+    meta tensors: planned, never run, so ReCon's full shapes cost nothing here."""
+    kernels = _kernels()
+    C = heads * head_dim
+    qkv, q, kv = (torch.empty(B, n, w, dtype=dtype, device="meta")
+                  for n, w in ((T, 3 * C), (queries, C), (T, 2 * C)))
+    roles = [attention._self_role(kernels, qkv, heads), attention._cross_role(kernels, q, kv, heads)]
+    outs = [torch.empty(B, n, C, dtype=dtype, device="meta") for n in (T, queries)]
+    lses = [torch.empty(B, heads, n, dtype=torch.float32, device="meta") for n in (T, queries)]
+    grads = [kernels.RoleGrads(*attention._grads_into(kernels, qkv, 3, heads)[1]),
+             kernels.RoleGrads(attention._grads_into(kernels, q, 1, heads)[1][0],
+                               *attention._grads_into(kernels, kv, 2, heads)[1])]
+    launches, _ = kernels._backward_launches(roles, outs, lses, outs, grads, None, head_dim ** -0.5)
+    return kernels, launches
+
+
+@pytest.mark.parametrize("heads", [3, 6])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_backward_grid_fills_an_h100_at_finetuning_length(dtype, heads):
+    """B32, 515 tokens (512 patches and ReCon's extra tokens): one program per (batch, head, role)
+    was 2 x 32 x 3 = 192 programs for 132 SMs, a third of them tiny cross-attention ones. The
+    split plan gives every key block and every query block of each role its own program."""
+    kernels, launches = planned_backward(32, 515, heads, 64, dtype)
+    plan = kernels.backward_plan(32, heads, [515, 3], 515, 64, dtype)
+    assert [launch.kernel for launch in launches] == [kernels._attention_delta_kernel,
+                                                      kernels._attention_bwd_kernel]
+    assert launches[0].grid == plan.delta_grid == (32 * heads, sum(plan.query_blocks))
+    assert launches[1].grid == plan.grid
+    block = launches[1].kwargs["BLOCK_N"]
+    assert plan.key_blocks == -(-515 // block) and plan.query_blocks[0] == -(-515 // launches[1].kwargs["BLOCK_M_A"])
+    assert plan.grid == (32 * heads, 2 * plan.key_blocks + sum(plan.query_blocks))
+    assert plan.programs >= 4 * H100_SMS, plan  # several programs per SM, not one
+
+
+def test_backward_keeps_one_launch_when_the_keys_fit_one_block():
+    """Pretraining (26 tokens, B128): already 2 x 768 programs, and no key block to split."""
+    kernels, launches = planned_backward(128, 26, 6, 64, torch.bfloat16)
+    assert [launch.kernel for launch in launches] == [kernels._attention_bwd_kernel]
+    assert launches[0].grid == (128 * 6, 2) and not launches[0].kwargs["SPLIT"]
+
+
+# (dtype, T): one key block, exactly full blocks, one key past a block, several blocks; the
+# backward's key block is 32 for 4/8-byte types and 64 for halves.
+SPLIT_CASES = [(torch.float32, 1), (torch.float32, 17), (torch.float32, 32), (torch.float32, 33),
+               (torch.float32, 97), (torch.float64, 33), (torch.float16, 64), (torch.float16, 65),
+               (torch.bfloat16, 129)]
+
+
+@pytest.mark.parametrize("dtype,T", SPLIT_CASES)
+def test_backward_across_block_boundaries(device, dtype, T):
+    triton_on(device)
+    kernels = _kernels()
+    plan = kernels.backward_plan(2, 2, [T, 3], T, 16, dtype)
+    assert plan.split == (T > kernels.BLOCK_CAPS[dtype.itemsize][2])
+    lengths = torch.tensor([T, max(1, T // 3)], device=device)  # ragged: whole padded key blocks
+    check_recon(*recon_inputs(2, T, 2, 16, dtype, device), 2, key_lengths=lengths)
+
+
+def test_515_tokens_float16(device):
+    """ReCon's longest finetuning sequence with its extra tokens: nine key blocks of 64, the last
+    one holding 3 keys (B = H = 1 to keep the interpreter fast)."""
+    triton_on(device)
+    check_recon(*recon_inputs(1, 515, 1, 64, torch.float16, device), 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_and_unsplit_backward_agree(device, dtype, monkeypatch):
+    """The split plan and one program per (batch, head, role) walking every key block (dQ
+    accumulated in place) compute the same gradients; both match the reference."""
+    triton_on(device)
+    kernels = _kernels()
+    inputs = recon_inputs(2, 70, 2, 16, dtype, device, layout="slice")
+    lengths = torch.tensor([70, 40], device=device)
+    assert kernels.backward_plan(2, 2, [70, 3], 70, 16, dtype).split
+    _, split = check_recon(*inputs, 2, key_lengths=lengths)
+    monkeypatch.setattr(kernels, "SPLIT_FROM_KEY_BLOCKS", 10 ** 9)
+    assert not kernels.backward_plan(2, 2, [70, 3], 70, 16, dtype).split
+    _, unsplit = check_recon(*inputs, 2, key_lengths=lengths)
+    atol, rtol = {torch.float32: (1e-6, 1e-6), torch.bfloat16: (1e-2, 1e-2)}[dtype]
+    for a, b in zip(split, unsplit):
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
+
+def test_split_backward_is_deterministic_with_strided_output_gradients(device):
+    """Every gradient row of the split backward has one writer (no atomics): two runs agree
+    bit for bit. The output gradients are non-contiguous views."""
+    triton_on(device)
+    qkv, q, kv = recon_inputs(2, 70, 2, 16, torch.float32, device, layout="transposed")
+    lengths = torch.tensor([70, 45], device=device)
+    self_out, cross_out = recon_attention(qkv, q, kv, 2, key_lengths=lengths, backend="triton")
+    g_self = torch.randn(self_out.shape[::-1], dtype=torch.float64).to(device).float().permute(2, 1, 0)
+    g_cross = torch.randn(2, 3, 64, device=device)[..., ::2]
+    assert not g_self.is_contiguous() and not g_cross.is_contiguous()
+    first = torch.autograd.grad((self_out, cross_out), (qkv, q, kv), (g_self, g_cross), retain_graph=True)
+    second = torch.autograd.grad((self_out, cross_out), (qkv, q, kv), (g_self, g_cross))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    _, want = reference_recon(qkv, q, kv, 2, lengths, (g_self.cpu().double(), g_cross.cpu().double()))
+    for got, ref, name in zip(first, want, ("d qkv", "d q_cross", "d kv_cross")):
+        assert_near(got, ref, torch.float32, name)
+
+
+# ---------------------------------------------------------------------------------------------
 # Ragged batches, detached tokens, memory layouts
 # ---------------------------------------------------------------------------------------------
 
@@ -456,8 +571,8 @@ def test_bad_inputs_raise_value_error(fragment, call):
 # ---------------------------------------------------------------------------------------------
 
 _COMPILE_CASES = [  # (dtype, batch, tokens, arch): pretraining, finetuning, fp32 and Ampere
-    ("bfloat16", 128, 26, 90), ("float16", 32, 128, 90), ("bfloat16", 32, 513, 90),
-    ("float32", 128, 26, 90), ("bfloat16", 128, 26, 80),
+    ("bfloat16", 128, 26, 90), ("float16", 32, 128, 90), ("bfloat16", 32, 515, 90),
+    ("float32", 128, 26, 90), ("float32", 32, 515, 90), ("bfloat16", 128, 26, 80),
 ]
 
 
@@ -482,7 +597,9 @@ def test_kernels_compile_for_gpus_without_spilling():
     assert done.returncode == 0, done.stderr[-3000:]
     reports = json.loads(done.stdout.strip().splitlines()[-1])
     for case, report in zip(_COMPILE_CASES, reports):
-        assert [r["kernel"] for r in report] == ["_attention_fwd_kernel", "_attention_bwd_kernel"]
+        key_block = {"bfloat16": 64, "float16": 64, "float32": 32}[case[0]]
+        split = ["_attention_delta_kernel"] if case[2] > key_block else []  # several key blocks
+        assert [r["kernel"] for r in report] == ["_attention_fwd_kernel", *split, "_attention_bwd_kernel"]
         for r in report:
             assert r["shared"] <= 100 * 1024, (case, r)  # fits every sm_80+ GPU
             if r["stack"] is not None and case[3] == 90:

@@ -68,7 +68,8 @@ def compile_check(dtype: torch.dtype, batch: int, tokens: int, queries: Optional
 
     Shapes follow the packed projections: self-attention over `tokens` patch tokens plus, unless
     `queries` is None, cross-attention of `queries` global queries in the same launch. Returns per
-    kernel {"kernel", "shared", "registers", "stack"} (registers/stack None without cuobjdump).
+    kernel launched, in order, {"kernel", "shared", "registers", "stack"} (registers/stack None
+    without cuobjdump).
     Needs the compiler mode (TRITON_INTERPRET unset when triton was imported).
     """
     from triton.backends.compiler import GPUTarget
@@ -85,11 +86,11 @@ def compile_check(dtype: torch.dtype, batch: int, tokens: int, queries: Optional
     lengths = torch.full((batch,), tokens) if ragged else None
     forward, results = kernels._forward_launch(roles, lengths, head_dim ** -0.5)
     grads = [kernels.RoleGrads(torch.empty_like(r.q), torch.empty_like(r.k), torch.empty_like(r.v)) for r in roles]
-    backward, _ = kernels._backward_launch(roles, [o for o, _ in results], [lse for _, lse in results],
-                                   [torch.zeros_like(o) for o, _ in results], grads, lengths,
-                                   head_dim ** -0.5)
+    backward, _ = kernels._backward_launches(roles, [o for o, _ in results], [lse for _, lse in results],
+                                             [torch.zeros_like(o) for o, _ in results], grads, lengths,
+                                             head_dim ** -0.5)
     report = []
-    for launch in (forward, backward):
+    for launch in [forward, *backward]:
         source, options = _specialised_source(launch)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
         usage = _register_usage(compiled.asm["cubin"]) or {"registers": None, "stack": None}

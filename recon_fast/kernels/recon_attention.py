@@ -11,10 +11,14 @@ blocks with an online softmax in fp32 (fp64 for fp64 inputs), saving the log-sum
 query row. With the token counts of ReCon (26 in pretraining, up to 513 in finetuning) a whole
 key sequence is one to nine blocks.
 
-Backward: one program per (batch, head, role) walks the key blocks (dK, dV held in registers)
-and, inside, the query blocks, recomputing the probabilities from the saved log-sum-exp, so the
-attention matrix is never stored. dQ is written once when all keys fit one block (pretraining)
-and otherwise accumulated in a float scratch owned by that program (no atomics, deterministic).
+Backward: the probabilities are recomputed from the saved log-sum-exp, so the attention matrix
+is never stored. When all keys fit one block (pretraining) one program per (batch, head, role)
+walks the query blocks and writes dK, dV and dQ once. Longer sequences (finetuning's 129-515
+tokens) are split FlashAttention-2 style so that the grid grows with the sequence: a pre-pass
+computes delta = rowsum(dO * O); then, in one launch, a program per (batch, head, role, key block)
+walks the query blocks for that block's dK, dV, and a program per (batch, head, role, query block)
+walks the key blocks for that block's dQ. Every gradient row has one writer that sums in a fixed
+order: no atomics, deterministic. BackwardPlan gives the grids.
 
 q, k and v are read straight from the packed projection outputs through their strides: no
 permute or contiguous copies. Keys at positions >= key_lengths[b] are masked (ragged batches).
@@ -58,6 +62,9 @@ BLOCK_CAPS = {2: (64, 128, 64), 4: (32, 32, 32), 8: (32, 32, 32)}
 MIN_BLOCK = 16
 # Largest head dimension one program keeps in registers.
 MAX_HEAD_DIM = 256
+# The backward splits its work over key blocks and query blocks from this many key blocks on
+# (BackwardPlan): one program per (batch, head) would leave most SMs idle at B32 with 3-6 heads.
+SPLIT_FROM_KEY_BLOCKS = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,110 +187,243 @@ def _attention_fwd_kernel(
 
 
 @_jit
-def _attention_bwd_tile(
-    Q, K, V, O, DO, LSE, DQ, DK, DV, b, h, num_heads, q_len, kv_len, key_len,
+def _attention_bwd_key_block(
+    Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, b64, h, start_n, num_heads, q_len, kv_len, key_len,
     stride_qb, stride_qt, stride_qh, stride_qd,
     stride_kb, stride_kt, stride_kh, stride_kd,
     stride_dqb, stride_dqt, stride_dkb, stride_dkt,
     scale, scale_log2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    DQ_ACCUMULATE: tl.constexpr,
+    SPLIT: tl.constexpr, DQ_ACCUMULATE: tl.constexpr,
 ):
-    """dQ, dK, dV of one (batch, head): key blocks outside, query blocks inside."""
-    b64 = b.to(tl.int64)
+    """dK, dV of the keys [start_n, start_n + BLOCK_N) of one (batch, head), over every query block.
+
+    SPLIT: delta comes from the pre-pass and dQ is left to the query-block programs. Otherwise
+    delta is recomputed from O and dO, and this block's share of dQ is stored (DQ_ACCUMULATE: added
+    to what the earlier key blocks of the same program stored)."""
     offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     width = num_heads * HEAD_DIM
+    # Pointer arithmetic as ptxas liked it best (fewest registers, sm_90, triton 3.6 and 3.8): q, k
+    # and v from a scalar base pointer plus 32-bit tile offsets, O and dO through one shared
+    # offset tile.
     q_base = Q + b64 * stride_qb + h * stride_qh
-    o_base = b64 * q_len * width + h * HEAD_DIM  # O and DO are contiguous (B, Tq, C)
-    lse_base = LSE + (b64 * num_heads + h) * q_len
+    o_offset = b64 * q_len * width + h * HEAD_DIM  # O and DO are contiguous (B, Tq, C)
+    row_offset = (b64 * num_heads + h) * q_len  # LSE and DELTA are (B, H, Tq)
+    lse_base = LSE + row_offset
+    delta_base = DELTA + row_offset
     dq_base = DQ + b64 * stride_dqb + h * HEAD_DIM
-    k_base = K + b64 * stride_kb + h * stride_kh
-    v_base = V + b64 * stride_kb + h * stride_kh
 
-    # Every key block, padded ones included, so that every dK/dV row is written (zeros there).
-    for start_n in range(0, kv_len, BLOCK_N):
-        n_idx = start_n + offs_n
-        n_ok = n_idx < key_len
-        kv_offs = n_idx[:, None] * stride_kt + offs_d[None, :] * stride_kd
-        k = tl.load(k_base + kv_offs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # (N, D)
-        v = tl.load(v_base + kv_offs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # (N, D)
-        dk = tl.zeros([BLOCK_N, BLOCK_D], ACC_DTYPE)
-        dv = tl.zeros([BLOCK_N, BLOCK_D], ACC_DTYPE)
-        for start_m in range(0, q_len, BLOCK_M):
-            m_idx = start_m + offs_m
-            m_ok = m_idx < q_len
-            md_mask = m_ok[:, None] & d_ok[None, :]
-            q = tl.load(q_base + m_idx[:, None] * stride_qt + offs_d[None, :] * stride_qd,
-                        mask=md_mask, other=0.0)  # (M, D)
-            o_offs = o_base + m_idx[:, None] * width + offs_d[None, :]
-            do = tl.load(DO + o_offs, mask=md_mask, other=0.0)  # (M, D)
-            o = tl.load(O + o_offs, mask=md_mask, other=0.0)
+    n_idx = start_n + tl.arange(0, BLOCK_N)
+    n_ok = n_idx < key_len
+    kv_offs = n_idx[:, None] * stride_kt + offs_d[None, :] * stride_kd
+    kv_mask = n_ok[:, None] & d_ok[None, :]
+    k = tl.load(K + b64 * stride_kb + h * stride_kh + kv_offs, mask=kv_mask, other=0.0)  # (N, D)
+    v = tl.load(V + b64 * stride_kb + h * stride_kh + kv_offs, mask=kv_mask, other=0.0)  # (N, D)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], ACC_DTYPE)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], ACC_DTYPE)
+    # A block of padded keys only writes its zero gradients, unless it must store dQ zeros too.
+    q_end = q_len
+    if SPLIT:
+        q_end = tl.where(start_n < key_len, q_len, 0)
+    for start_m in range(0, q_end, BLOCK_M):
+        m_idx = start_m + offs_m
+        m_ok = m_idx < q_len
+        md_mask = m_ok[:, None] & d_ok[None, :]
+        q = tl.load(q_base + m_idx[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+                    mask=md_mask, other=0.0)  # (M, D)
+        o_offs = o_offset + m_idx[:, None] * width + offs_d[None, :]
+        do = tl.load(DO + o_offs, mask=md_mask, other=0.0)  # (M, D)
+        if SPLIT:
+            delta = tl.load(delta_base + m_idx, mask=m_ok, other=0.0)  # (M,)
+        else:
             # delta_i = sum_j P_ij dP_ij = dO_i . O_i, recomputed here instead of a pre-pass.
-            delta = tl.sum(do.to(ACC_DTYPE) * o.to(ACC_DTYPE), 1)  # (M,)
-            lse_log2 = tl.load(lse_base + m_idx, mask=m_ok, other=0.0) * LOG2E
-            scores = _dot(q, tl.trans(k), ACC_DTYPE, PRECISION, UPCAST) * scale_log2
-            p = tl.where(m_ok[:, None] & n_ok[None, :], tl.exp2(scores - lse_log2[:, None]), 0.0)
-            dv += _dot(tl.trans(p.to(do.dtype)), do, ACC_DTYPE, PRECISION, UPCAST)
-            dp = _dot(do, tl.trans(v), ACC_DTYPE, PRECISION, UPCAST)  # (M, N)
-            ds = p * (dp - delta[:, None])  # gradient of the scaled scores
-            dk += _dot(tl.trans(ds.to(q.dtype)), q, ACC_DTYPE, PRECISION, UPCAST)
+            o = tl.load(O + o_offs, mask=md_mask, other=0.0)
+            delta = tl.sum(do.to(ACC_DTYPE) * o.to(ACC_DTYPE), 1)
+        lse_log2 = tl.load(lse_base + m_idx, mask=m_ok, other=0.0) * LOG2E
+        scores = _dot(q, tl.trans(k), ACC_DTYPE, PRECISION, UPCAST) * scale_log2
+        p = tl.where(m_ok[:, None] & n_ok[None, :], tl.exp2(scores - lse_log2[:, None]), 0.0)
+        dv += _dot(tl.trans(p.to(do.dtype)), do, ACC_DTYPE, PRECISION, UPCAST)
+        dp = _dot(do, tl.trans(v), ACC_DTYPE, PRECISION, UPCAST)  # (M, N)
+        ds = p * (dp - delta[:, None])  # gradient of the scaled scores
+        dk += _dot(tl.trans(ds.to(q.dtype)), q, ACC_DTYPE, PRECISION, UPCAST)
+        if not SPLIT:
             dq = _dot(ds.to(k.dtype), k, ACC_DTYPE, PRECISION, UPCAST) * scale
             dq_ptrs = dq_base + m_idx[:, None] * stride_dqt + offs_d[None, :]
             if DQ_ACCUMULATE:
                 # Only this program touches these rows, in key-block order: a plain read-add-write.
                 dq += tl.load(dq_ptrs, mask=md_mask & (start_n > 0), other=0.0)
             tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=md_mask)
-        dkv_offs = b64 * stride_dkb + h * HEAD_DIM + n_idx[:, None] * stride_dkt + offs_d[None, :]
-        dkv_mask = (n_idx < kv_len)[:, None] & d_ok[None, :]
-        tl.store(DK + dkv_offs, (dk * scale).to(DK.dtype.element_ty), mask=dkv_mask)
-        tl.store(DV + dkv_offs, dv.to(DV.dtype.element_ty), mask=dkv_mask)
+    dkv_base = b64 * stride_dkb + h * HEAD_DIM
+    dkv_offs = n_idx[:, None] * stride_dkt + offs_d[None, :]
+    dkv_mask = (n_idx < kv_len)[:, None] & d_ok[None, :]
+    tl.store(DK + dkv_base + dkv_offs, (dk * scale).to(DK.dtype.element_ty), mask=dkv_mask)
+    tl.store(DV + dkv_base + dkv_offs, dv.to(DV.dtype.element_ty), mask=dkv_mask)
+
+
+@_jit
+def _attention_bwd_query_block(
+    Q, K, V, DO, LSE, DELTA, DQ, b64, h, block, num_heads, q_len, key_len,
+    stride_qb, stride_qt, stride_qh, stride_qd,
+    stride_kb, stride_kt, stride_kh, stride_kd,
+    stride_dqb, stride_dqt,
+    scale, scale_log2,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """dQ of one block of BLOCK_M query rows of one (batch, head), summed in registers over the
+    key blocks in order and written once (deterministic, no scratch)."""
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < q_len
+    d_ok = offs_d < HEAD_DIM
+    md_mask = m_ok[:, None] & d_ok[None, :]
+    width = num_heads * HEAD_DIM
+    q = tl.load(Q + b64 * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt
+                + offs_d[None, :] * stride_qd, mask=md_mask, other=0.0)  # (M, D)
+    do = tl.load(DO + b64 * q_len * width + h * HEAD_DIM + offs_m[:, None] * width + offs_d[None, :],
+                 mask=md_mask, other=0.0)  # (M, D)
+    row_offs = (b64 * num_heads + h) * q_len + offs_m
+    lse_log2 = tl.load(LSE + row_offs, mask=m_ok, other=0.0) * LOG2E
+    delta = tl.load(DELTA + row_offs, mask=m_ok, other=0.0)
+    k_base = K + b64 * stride_kb + h * stride_kh
+    v_base = V + b64 * stride_kb + h * stride_kh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], ACC_DTYPE)
+    for start_n in range(0, key_len, BLOCK_N):  # padded keys add nothing to dQ
+        n_ok = (start_n + offs_n) < key_len
+        kv_offs = (start_n + offs_n)[:, None] * stride_kt + offs_d[None, :] * stride_kd
+        k = tl.load(k_base + kv_offs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # (N, D)
+        v = tl.load(v_base + kv_offs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # (N, D)
+        scores = _dot(q, tl.trans(k), ACC_DTYPE, PRECISION, UPCAST) * scale_log2
+        p = tl.where(m_ok[:, None] & n_ok[None, :], tl.exp2(scores - lse_log2[:, None]), 0.0)
+        dp = _dot(do, tl.trans(v), ACC_DTYPE, PRECISION, UPCAST)  # (M, N)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, ACC_DTYPE, PRECISION, UPCAST)
+    dq_ptrs = DQ + b64 * stride_dqb + h * HEAD_DIM + offs_m[:, None] * stride_dqt + offs_d[None, :]
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=md_mask)
+
+
+@_jit
+def _attention_bwd_role(
+    Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, b, h, slot, num_heads, q_len, kv_len, key_len, key_blocks,
+    stride_qb, stride_qt, stride_qh, stride_qd,
+    stride_kb, stride_kt, stride_kh, stride_kd,
+    stride_dqb, stride_dqt, stride_dkb, stride_dkt,
+    scale, scale_log2,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr, DQ_ACCUMULATE: tl.constexpr,
+):
+    """Program `slot` of one (batch, head) of a role. SPLIT: slots [0, key_blocks) own one key
+    block each (dK, dV), the slots after them one query block each (dQ). Otherwise the one slot
+    walks every key block, dQ included."""
+    b64 = b.to(tl.int64)
+    owns_queries = False
+    if SPLIT:
+        owns_queries = slot >= key_blocks
+    if owns_queries:
+        _attention_bwd_query_block(Q, K, V, DO, LSE, DELTA, DQ, b64, h, slot - key_blocks, num_heads,
+                                   q_len, key_len, stride_qb, stride_qt, stride_qh, stride_qd,
+                                   stride_kb, stride_kt, stride_kh, stride_kd, stride_dqb, stride_dqt,
+                                   scale, scale_log2, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, ACC_DTYPE,
+                                   PRECISION, UPCAST)
+    else:
+        first = 0
+        last = kv_len  # every key block, padded ones too, so that every dK/dV row is written
+        if SPLIT:
+            first = slot * BLOCK_N
+            last = first + 1
+        for start_n in range(first, last, BLOCK_N):
+            _attention_bwd_key_block(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, b64, h, start_n,
+                                     num_heads, q_len, kv_len, key_len,
+                                     stride_qb, stride_qt, stride_qh, stride_qd,
+                                     stride_kb, stride_kt, stride_kh, stride_kd,
+                                     stride_dqb, stride_dqt, stride_dkb, stride_dkt, scale, scale_log2,
+                                     BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, ACC_DTYPE, PRECISION, UPCAST,
+                                     SPLIT, DQ_ACCUMULATE)
 
 
 @_jit
 def _attention_bwd_kernel(
-    Q_A, K_A, V_A, O_A, DO_A, LSE_A, DQ_A, DK_A, DV_A, q_len_a,
+    Q_A, K_A, V_A, O_A, DO_A, LSE_A, DELTA_A, DQ_A, DK_A, DV_A, q_len_a,
     stride_qb_a, stride_qt_a, stride_qh_a, stride_qd_a,
     stride_kb_a, stride_kt_a, stride_kh_a, stride_kd_a,
     stride_dqb_a, stride_dqt_a, stride_dkb_a, stride_dkt_a,
-    Q_B, K_B, V_B, O_B, DO_B, LSE_B, DQ_B, DK_B, DV_B, q_len_b,
+    Q_B, K_B, V_B, O_B, DO_B, LSE_B, DELTA_B, DQ_B, DK_B, DV_B, q_len_b,
     stride_qb_b, stride_qt_b, stride_qh_b, stride_qd_b,
     stride_kb_b, stride_kt_b, stride_kh_b, stride_kd_b,
     stride_dqb_b, stride_dqt_b, stride_dkb_b, stride_dkt_b,
-    KEY_LENGTHS, kv_len, num_heads, scale, scale_log2,
+    KEY_LENGTHS, kv_len, num_heads, key_blocks, slots_a, scale, scale_log2,
     HAS_B: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_M_A: tl.constexpr, BLOCK_M_B: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr, DQ_ACCUMULATE: tl.constexpr,
+    UPCAST: tl.constexpr, SPLIT: tl.constexpr, DQ_ACCUMULATE: tl.constexpr,
 ):
-    """Grid (B * H, number of roles): one program per (batch, head, role)."""
+    """Grid (B * H, slots of role A + slots of role B); see BackwardPlan for the slots."""
     bh = tl.program_id(0)
-    role = tl.program_id(1)
+    slot = tl.program_id(1)
     b = bh // num_heads
     h = bh % num_heads
     key_len = _key_length(KEY_LENGTHS, b, kv_len, HAS_LENGTHS)
     in_role_b = False
     if HAS_B:
-        in_role_b = role == 1
+        in_role_b = slot >= slots_a
     if in_role_b:
-        _attention_bwd_tile(Q_B, K_B, V_B, O_B, DO_B, LSE_B, DQ_B, DK_B, DV_B, b, h, num_heads,
-                            q_len_b, kv_len, key_len,
+        _attention_bwd_role(Q_B, K_B, V_B, O_B, DO_B, LSE_B, DELTA_B, DQ_B, DK_B, DV_B, b, h,
+                            slot - slots_a, num_heads, q_len_b, kv_len, key_len, key_blocks,
                             stride_qb_b, stride_qt_b, stride_qh_b, stride_qd_b,
                             stride_kb_b, stride_kt_b, stride_kh_b, stride_kd_b,
                             stride_dqb_b, stride_dqt_b, stride_dkb_b, stride_dkt_b, scale, scale_log2,
                             BLOCK_M_B, BLOCK_N, BLOCK_D, HEAD_DIM, ACC_DTYPE, PRECISION, UPCAST,
-                            DQ_ACCUMULATE)
+                            SPLIT, DQ_ACCUMULATE)
     else:
-        _attention_bwd_tile(Q_A, K_A, V_A, O_A, DO_A, LSE_A, DQ_A, DK_A, DV_A, b, h, num_heads,
-                            q_len_a, kv_len, key_len,
+        _attention_bwd_role(Q_A, K_A, V_A, O_A, DO_A, LSE_A, DELTA_A, DQ_A, DK_A, DV_A, b, h,
+                            slot, num_heads, q_len_a, kv_len, key_len, key_blocks,
                             stride_qb_a, stride_qt_a, stride_qh_a, stride_qd_a,
                             stride_kb_a, stride_kt_a, stride_kh_a, stride_kd_a,
                             stride_dqb_a, stride_dqt_a, stride_dkb_a, stride_dkt_a, scale, scale_log2,
                             BLOCK_M_A, BLOCK_N, BLOCK_D, HEAD_DIM, ACC_DTYPE, PRECISION, UPCAST,
-                            DQ_ACCUMULATE)
+                            SPLIT, DQ_ACCUMULATE)
+
+
+@_jit
+def _attention_delta_tile(O, DO, DELTA, b64, h, block, num_heads, q_len,
+                          BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+                          ACC_DTYPE: tl.constexpr):
+    """delta = rowsum(dO * O) of one block of query rows of one (batch, head)."""
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < q_len
+    mask = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    offs = (b64 * q_len + offs_m[:, None]) * (num_heads * HEAD_DIM) + h * HEAD_DIM + offs_d[None, :]
+    o = tl.load(O + offs, mask=mask, other=0.0).to(ACC_DTYPE)
+    do = tl.load(DO + offs, mask=mask, other=0.0).to(ACC_DTYPE)
+    tl.store(DELTA + (b64 * num_heads + h) * q_len + offs_m, tl.sum(do * o, 1), mask=m_ok)
+
+
+@_jit
+def _attention_delta_kernel(
+    O_A, DO_A, DELTA_A, q_len_a, O_B, DO_B, DELTA_B, q_len_b, num_heads, blocks_a,
+    HAS_B: tl.constexpr, BLOCK_M_A: tl.constexpr, BLOCK_M_B: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    """The split backward's pre-pass. Grid (B * H, query blocks of role A + of role B)."""
+    bh = tl.program_id(0)
+    block = tl.program_id(1)
+    b64 = (bh // num_heads).to(tl.int64)
+    h = bh % num_heads
+    in_role_b = False
+    if HAS_B:
+        in_role_b = block >= blocks_a
+    if in_role_b:
+        _attention_delta_tile(O_B, DO_B, DELTA_B, b64, h, block - blocks_a, num_heads, q_len_b,
+                              BLOCK_M_B, BLOCK_D, HEAD_DIM, ACC_DTYPE)
+    else:
+        _attention_delta_tile(O_A, DO_A, DELTA_A, b64, h, block, num_heads, q_len_a,
+                              BLOCK_M_A, BLOCK_D, HEAD_DIM, ACC_DTYPE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +479,49 @@ def forward_meta(q_lens: Sequence[int], kv_len: int, head_dim: int, dtype: torch
 def backward_meta(q_lens: Sequence[int], kv_len: int, head_dim: int, dtype: torch.dtype) -> dict:
     """Compile-time parameters of the backward kernel for the roles' query counts."""
     block_n = min(_next_pow2(kv_len), BLOCK_CAPS[dtype.itemsize][2])
-    return dict(_common_meta(q_lens, block_n, head_dim, dtype), DQ_ACCUMULATE=kv_len > block_n)
+    split = triton.cdiv(kv_len, block_n) >= SPLIT_FROM_KEY_BLOCKS
+    return dict(_common_meta(q_lens, block_n, head_dim, dtype), SPLIT=split,
+                DQ_ACCUMULATE=not split and kv_len > block_n)
+
+
+@dataclass(frozen=True)
+class BackwardPlan:
+    """The grids of a backward: `delta_grid` for the pre-pass (None when there is none) and `grid`
+    for the gradient kernel, both (B * H, slots of role A + slots of role B).
+
+    Split (SPLIT_FROM_KEY_BLOCKS or more key blocks): a role has one slot per key block (its dK and
+    dV, walking the query blocks) and then one per query block (its dQ, walking the key blocks), so
+    the grid grows with the sequence; every gradient row has one writer and a fixed summation order
+    (deterministic, no atomics). The price: the scores and dP are computed twice, and a pre-pass
+    computes delta = rowsum(dO * O) once per query row. Unsplit: one slot per role walks every
+    key block, dQ written once when the keys fit one block (pretraining), otherwise accumulated
+    in place by that program."""
+
+    key_blocks: int
+    query_blocks: Tuple[int, ...]
+    split: bool
+    grid: Tuple[int, int]
+    delta_grid: Optional[Tuple[int, int]]
+
+    @property
+    def programs(self) -> int:
+        """Programs of the gradient kernel (the pre-pass is a short streaming pass)."""
+        return self.grid[0] * self.grid[1]
+
+    def slots(self, role: int) -> int:
+        return self.key_blocks + self.query_blocks[role] if self.split else 1
+
+
+def backward_plan(batch: int, heads: int, q_lens: Sequence[int], kv_len: int, head_dim: int,
+                  dtype: torch.dtype) -> BackwardPlan:
+    """The launch plan of the backward of roles with `q_lens` queries over `kv_len` keys."""
+    meta = backward_meta(q_lens, kv_len, head_dim, dtype)
+    key_blocks = triton.cdiv(kv_len, meta["BLOCK_N"])
+    query_blocks = tuple(triton.cdiv(n, meta[name]) for n, name in zip(q_lens, ("BLOCK_M_A", "BLOCK_M_B")))
+    split = meta["SPLIT"]
+    slots = sum(key_blocks + q if split else 1 for q in query_blocks)
+    delta_grid = (batch * heads, sum(query_blocks)) if split else None
+    return BackwardPlan(key_blocks, query_blocks, split, (batch * heads, slots), delta_grid)
 
 
 def _launch_options(meta: dict, dtype: torch.dtype, backward: bool) -> dict:
@@ -347,7 +529,7 @@ def _launch_options(meta: dict, dtype: torch.dtype, backward: bool) -> dict:
     not spill registers on sm_90: the backward keeps five tiles live, fp32/fp64 tiles are twice as
     wide."""
     wide = dtype in (torch.float32, torch.float64)
-    if backward:
+    if backward:  # the split backward's programs hold the same tiles, fewer of them at once
         return dict(num_warps=8 if wide or meta["BLOCK_N"] >= 64 else 4, num_stages=1)
     big = max(meta["BLOCK_M_A"], meta["BLOCK_M_B"]) * meta["BLOCK_N"] >= 64 * 128
     return dict(num_warps=8 if wide or big else 4, num_stages=2)
@@ -476,45 +658,66 @@ def _check_grads(grads: Sequence[RoleGrads]) -> None:
             raise ValueError(f"dk and dv must share strides, got {grad.dk.stride()} and {grad.dv.stride()}")
 
 
-def _backward_launch(roles, outs, lses, grad_outs, grads, key_lengths, scale):
-    """The backward launch (None when there is nothing to compute) and the (target, scratch)
-    pairs to copy once it ran."""
+def _backward_launches(roles, outs, lses, grad_outs, grads, key_lengths, scale):
+    """The backward's launches in order (none when there is nothing to compute) and the
+    (target, scratch) pairs to copy once they ran."""
     _check_roles(roles)
     _check_grads(grads)
     B, T, H, D = roles[0].k.shape
     dtype, device = roles[0].q.dtype, roles[0].q.device
     if B * H == 0:
-        return None, []
+        return [], []
     q_lens = [r.q.shape[1] for r in roles]
     meta = backward_meta(q_lens, T, D, dtype)
+    plan = backward_plan(B, H, q_lens, T, D, dtype)
     acc = accumulation_dtype(dtype)
     lengths, has_lengths = _lengths_arg(key_lengths, roles[0].q)
+    grad_outs = [g.contiguous() for g in grad_outs]
+    # Unsplit launches never read delta: any tensor fills the slot.
+    deltas = [torch.empty(B, H, n, dtype=acc, device=device) if plan.split else lse
+              for n, lse in zip(q_lens, lses)]
     role_args, copies = [], []
-    for role, out, lse, grad_out, grad in zip(roles, outs, lses, grad_outs, grads):
+    for role, out, lse, grad_out, delta, grad in zip(roles, outs, lses, grad_outs, deltas, grads):
         dq = grad.dq
         if meta["DQ_ACCUMULATE"] and dtype != acc:
-            # dQ sums over key blocks: accumulate in float, round once at the end.
+            # dQ sums over key blocks in place: accumulate in float, round once at the end.
             dq = torch.empty(dq.shape, dtype=acc, device=device)
             copies.append((grad.dq, dq))
-        role_args += [role.q, role.k, role.v, out, grad_out.contiguous(), lse, dq, grad.dk, grad.dv,
+        role_args += [role.q, role.k, role.v, out, grad_out, lse, delta, dq, grad.dk, grad.dv,
                       role.q.shape[1], *_q_strides(role.q), *role.k.stride(),
                       dq.stride(0), dq.stride(1), grad.dk.stride(0), grad.dk.stride(1)]
     if len(roles) == 1:
         role_args *= 2  # the role-B slots of a single-role launch are never read
-    args = role_args + [lengths, T, H, scale, scale * LOG2E_VALUE]
+    args = role_args + [lengths, T, H, plan.key_blocks, plan.slots(0), scale, scale * LOG2E_VALUE]
     kwargs = dict(HAS_LENGTHS=has_lengths, **meta, **_launch_options(meta, dtype, backward=True))
-    return Launch(_attention_bwd_kernel, (B * H, len(roles)), args, kwargs), copies
+    launches = [Launch(_attention_bwd_kernel, plan.grid, args, kwargs)]
+    if plan.split:
+        launches.insert(0, _delta_launch(plan, meta, outs, grad_outs, deltas, q_lens, H))
+    return launches, copies
+
+
+def _delta_launch(plan: BackwardPlan, meta: dict, outs, grad_outs, deltas, q_lens, heads: int) -> Launch:
+    role_args = []
+    for out, grad_out, delta, q_len in zip(outs, grad_outs, deltas, q_lens):
+        role_args += [out, grad_out, delta, q_len]
+    if len(q_lens) == 1:
+        role_args *= 2
+    kwargs = {name: meta[name] for name in ("HAS_B", "BLOCK_M_A", "BLOCK_M_B", "BLOCK_D", "HEAD_DIM",
+                                            "ACC_DTYPE")}
+    return Launch(_attention_delta_kernel, plan.delta_grid, role_args + [heads, plan.query_blocks[0]],
+                  dict(kwargs, num_warps=4, num_stages=1))
 
 
 def attention_backward(roles: Sequence[Role], outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor],
                        grad_outs: Sequence[torch.Tensor], grads: Sequence[RoleGrads],
                        key_lengths: Optional[torch.Tensor], scale: float) -> None:
-    """Gradients of one or two roles in one launch, written into `grads`.
+    """Gradients of one or two roles, written into `grads`: one gradient launch for both roles
+    (after a delta pre-pass when the plan is split, see BackwardPlan).
 
     outs and lses are the forward results; grad_outs are the gradients of outs (any strides).
     """
-    launch, copies = _backward_launch(roles, outs, lses, grad_outs, grads, key_lengths, scale)
-    if launch is not None:
+    launches, copies = _backward_launches(roles, outs, lses, grad_outs, grads, key_lengths, scale)
+    for launch in launches:
         launch.run()
     for target, scratch in copies:
         target.copy_(scratch)
