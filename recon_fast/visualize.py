@@ -326,6 +326,8 @@ def render_curves(scalars: dict[str, list[tuple[int, float]]], path: str, title:
         raise InputError(f"{title}: the run logged no losses yet (no step or epoch lines); no "
                          "curves to draw")
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     width, height = CURVES_PIXELS
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
@@ -337,6 +339,7 @@ def render_curves(scalars: dict[str, list[tuple[int, float]]], path: str, title:
                 color="#c44e52" if name.startswith("val/") else "#4c72b0")
         ax.set_title(name)
         ax.set_xlabel("step (batches trained)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
