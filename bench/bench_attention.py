@@ -5,7 +5,11 @@ Workloads (6 heads, head dim 64, packed projections as the Linear layers produce
   block: patch-token self-attention + 3 global queries' cross-attention to the same tokens, the
          Triton provider in one fused launch per direction; "triton-separate" times the two calls.
   self:  self-attention alone (the anchors in bench/targets.py).
-Pretraining has 26 visible tokens (B = 128), finetuning 128 or 512 (B = 32). Parity with a float64
+  backward: the block's backward alone at the finetuning length (B32, 515 tokens: 512 patches and
+         ReCon's extra tokens), where the Triton backward splits over key and query blocks;
+         "triton-unsplit" times one program per (batch, head, role) walking every key block, the
+         plan before the split, in the same run.
+Pretraining has 26 visible tokens (B = 128), finetuning 128 or 515 (B = 32). Parity with a float64
 reference is checked before any timing. GPU rows need CUDA; on the CPU only a tiny SDPA vs eager
 case runs (the Triton kernels run there only under the interpreter, which is not worth timing).
 """
@@ -16,6 +20,7 @@ import torch
 import harness
 from harness import OURS, REFERENCE, cached, record
 from reference_attention import cross_attention_reference, self_attention_reference
+from recon_fast import attention
 from recon_fast.attention import cross_attention, recon_attention, self_attention
 from targets import gpu_target
 
@@ -25,8 +30,8 @@ CPU = [("B8-T26", 8, 26, torch.float32, None)]
 GPU = [("B128-T26", 128, 26, torch.float32, gpu_target("attention-self", "B128-T26")),
        ("B128-T26", 128, 26, torch.bfloat16, gpu_target("attention-self", "B128-T26")),
        ("B32-T128", 32, 128, torch.bfloat16, 1.0),  # never slower than SDPA
-       ("B32-T512", 32, 512, torch.bfloat16, gpu_target("attention-self", "B32-T512")),
-       ("B32-T512", 32, 512, torch.float32, 1.0)]
+       ("B32-T515", 32, 515, torch.bfloat16, gpu_target("attention-self", "B32-T515")),
+       ("B32-T515", 32, 515, torch.float32, 1.0)]
 # Fused Triton vs the eager maths of the official code at the pretraining shape: at least 4x.
 EAGER_TARGET = {"B128-T26": 4.0}
 
@@ -54,6 +59,51 @@ def _inputs(device, case):
         return qkv, q, kv, grads
 
     return cached(("attention-inputs", device, name, dtype), make)
+
+
+# (name, B, T, heads, dtype) of the backward rows; GPU only.
+BACKWARD = [("B32-T515", 32, 515, 6, torch.bfloat16), ("B32-T515", 32, 515, 6, torch.float32),
+            ("B32-T515-H3", 32, 515, 3, torch.bfloat16)]
+
+
+def _backward_inputs(case):
+    name, B, T, heads, dtype = case
+
+    def make():
+        C = heads * HEAD_DIM
+        qkv, q, kv = (torch.randn(B, n, w, device="cuda", dtype=dtype, requires_grad=True)
+                      for n, w in ((T, 3 * C), (QUERIES, C), (T, 2 * C)))
+        grads = (torch.randn(B, T, C, device="cuda", dtype=dtype),
+                 torch.randn(B, QUERIES, C, device="cuda", dtype=dtype))
+        return qkv, q, kv, grads
+
+    return cached(("attention-backward-inputs", name, dtype), make)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("provider", ["triton", "triton-unsplit", "sdpa"])
+@pytest.mark.parametrize("case", BACKWARD, ids=[f"{c[0]}-{_dtype_name(c[4])}" for c in BACKWARD])
+def test_attention_backward(benchmark, monkeypatch, case, provider):
+    """The block's backward alone (its forward runs once, outside the timing)."""
+    name, _, _, heads, dtype = case
+    if provider == "triton-unsplit":
+        monkeypatch.setattr(attention._load_kernels(), "SPLIT_FROM_KEY_BLOCKS", 10 ** 9)
+    qkv, q, kv, grads = _backward_inputs(case)
+    outs = recon_attention(qkv, q, kv, heads, backend="sdpa" if provider == "sdpa" else "triton")
+
+    def step():
+        return torch.autograd.grad(outs, (qkv, q, kv), grads, retain_graph=True)
+
+    def reference():
+        inputs = [t.detach().double().requires_grad_() for t in (qkv, q, kv)]
+        ref = (self_attention_reference(inputs[0], heads),
+               cross_attention_reference(inputs[1], inputs[2], heads))
+        return torch.autograd.grad(ref, inputs, [g.double() for g in grads])
+
+    _check_parity(step(), cached(("attention-backward-ref", name, dtype), reference), dtype)
+    record(benchmark, step, op="attention-backward", case=name, dtype=dtype, device=qkv.device,
+           provider=_provider_name(provider), rounds=_rounds("cuda"),
+           target=gpu_target("attention-backward", name))
 
 
 def _block_step(provider, qkv, q, kv, grads):

@@ -32,7 +32,10 @@ GPU_TARGETS = [
     Target("chamfer_l2 fwd+bwd", "32x2048x2048", 16, "cdist+min", "extension 0.60 ms, cdist 4.71 ms"),
     Target("chamfer_l2 fwd+bwd", "8x8192x8192", 25, "cdist+min", "extension 1.45 ms, cdist 17.9 ms"),
     Target("attention-self", "B128-T26", 1.5, "SDPA+glue", "fp32 SDPA+glue 1.05 ms, bf16 1.40 ms"),
-    Target("attention-self", "B32-T512", 1.0, "SDPA+glue", "bf16 SDPA+glue 1.27 ms: never slower"),
+    Target("attention-self", "B32-T515", 1.0, "SDPA+glue", "bf16 SDPA+glue 1.27 ms: never slower"),
+    Target("attention-backward", "B32-T515", 1.0, "SDPA", "the block's backward alone, 6 heads: "
+           "never slower (no anchor measured yet)"),
+    Target("attention-backward", "B32-T515-H3", 1.0, "SDPA", "as above with 3 heads"),
     Target("pretrain step", "base-B128", 10, "fp32 eager, online teachers",
            "reference code 219.6 ms (583 samples/s)"),
     Target("finetune step", "base-B32-N2048", 5, "fp32 eager", "fp32 56.7 ms, bf16 56.5 ms"),
