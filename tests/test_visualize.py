@@ -7,6 +7,7 @@ it is the second checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -103,6 +104,11 @@ def test_reconstruction_arrays_differ_between_checkpoints_and_mask_seeds(run, cl
         model = viz.load_pretraining_model(path, model_config, device)
         drawn[name] = viz.reconstruct_clouds(model, cloud, device, seed=0)[0]
     other_seed = viz.reconstruct_clouds(model, cloud, device, seed=1)[0]
+    # A config that adds teachers (distillation heads the checkpoint lacks) draws the same.
+    with_teachers = dataclasses.replace(model_config, img_feature_dim=512, text_feature_dim=512)
+    model = viz.load_pretraining_model(os.path.join(run_dir, "ckpt-last.pth"), with_teachers, device)
+    assert np.array_equal(viz.reconstruct_clouds(model, cloud, device, seed=0)[0].predicted,
+                          drawn["trained"].predicted)
     a, b = drawn["trained"], drawn["fresh"]
     assert np.array_equal(a.masked, b.masked) and np.array_equal(a.visible, b.visible)
     assert np.abs(a.predicted - b.predicted).max() > 1e-2
@@ -210,6 +216,12 @@ def test_bad_inputs_are_one_line_errors_naming_the_path(run, cloud_file, tmp_pat
                                             text_feature_dim=None)))
     _one_line_error(capsys, ["visualize", wide, "--config", config, "--points", cloud_file],
                     wide, "shape")
+    # A checkpoint with tensors the model does not have.
+    extra = str(tmp_path / "extra.pth")
+    state = torch.load(untrained, weights_only=True)["base_model"]
+    torch.save({"base_model": {**state, "MAE_encoder.extra_head.weight": torch.zeros(3)}}, extra)
+    _one_line_error(capsys, ["visualize", extra, "--config", config, "--points", cloud_file],
+                    extra, "does not fit", "extra_head")
     # A folder that is not a run.
     empty = tmp_path / "empty"
     empty.mkdir()
