@@ -250,7 +250,8 @@ def render_reconstruction(cloud: CloudPatches, path: str) -> str:
 # ------------------------------------------------------------------------ training curves
 
 _STEP_LINE = re.compile(r"\[(\w+)\] epoch (\d+) (?:step (\d+)|done): (.*?) \| lr ([0-9.eE+-]+)")
-_VALIDATION_LINE = re.compile(r"\[validation\] epoch (\d+): (.*?)accuracy ([0-9.]+)%")
+_VALIDATION_LINE = re.compile(r"\[validation\] epoch (\d+): (.*)")
+_PERCENT = re.compile(r"(?:(pretrained|untrained) )?([0-9.]+)%")  # "80.00%", "untrained 42.50%"
 _CHECKPOINT_LINE = re.compile(r"checkpoint .*: step (\d+),")
 
 
@@ -304,8 +305,7 @@ def parse_log(lines: Sequence[str]) -> dict[str, list[tuple[int, float]]]:
             add("train/lr", float(match.group(5)), step)
             last_step = step if step is not None else last_step
         elif match := _VALIDATION_LINE.search(line):
-            kind = "svm_acc" if "SVM" in match.group(2) else "acc"
-            add(f"val/{kind}_percent", float(match.group(3)), None)
+            add_validation(match.group(2), add)
         elif match := _CHECKPOINT_LINE.search(line):
             last_step = int(match.group(1))
             for name, value in pending:
@@ -316,12 +316,39 @@ def parse_log(lines: Sequence[str]) -> dict[str, list[tuple[int, float]]]:
     return scalars
 
 
+def add_validation(text: str, add) -> None:
+    """A validation line's accuracies: the first percentage (or the one marked "pretrained") is
+    the metric, one marked "untrained" the untrained model's (the learning-signal check)."""
+    kind = "svm_acc" if "SVM" in text else "acc"
+    found = {}
+    for tag, value in _PERCENT.findall(text):
+        found.setdefault("_untrained" if tag == "untrained" else "", float(value))
+    for suffix, value in found.items():
+        add(f"val/{kind}{suffix}_percent", value, None)
+
+
 def curve_panels(scalars: dict[str, list[tuple[int, float]]]) -> list[str]:
     """The names to draw, one panel each: the total loss, each loss term, then validation."""
     train = [n for n in scalars if n.startswith("train/")
              and n not in ("train/lr", "train/samples_per_s")]
     train.sort(key=lambda n: (n != "train/loss", n))
-    return train + sorted(n for n in scalars if n.startswith("val/"))
+    # An untrained model's accuracy shares its metric's panel (see untrained_companion).
+    validation = [n for n in scalars if n.startswith("val/")
+                  and not (n.endswith(UNTRAINED) and _metric_of(n) in scalars)]
+    return train + sorted(validation)
+
+
+UNTRAINED = "_untrained_percent"
+
+
+def _metric_of(untrained_name: str) -> str:
+    return untrained_name[: -len(UNTRAINED)] + "_percent"
+
+
+def untrained_companion(name: str, scalars) -> Optional[str]:
+    """val/svm_acc_percent -> val/svm_acc_untrained_percent when the run logged it."""
+    companion = name[: -len("_percent")] + UNTRAINED if name.endswith("_percent") else None
+    return companion if companion in scalars else None
 
 
 def render_curves(scalars: dict[str, list[tuple[int, float]]], path: str, title: str) -> str:
@@ -341,7 +368,12 @@ def render_curves(scalars: dict[str, list[tuple[int, float]]], path: str, title:
     for ax, name in zip(axes.flat, names):
         steps, values = zip(*sorted(scalars[name]))
         ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3,
-                color="#c44e52" if name.startswith("val/") else "#4c72b0")
+                color="#c44e52" if name.startswith("val/") else "#4c72b0", label="pretrained")
+        companion = untrained_companion(name, scalars)
+        if companion is not None:
+            ax.plot(*zip(*sorted(scalars[companion])), marker="s", markersize=3, ls="--",
+                    color="#777777", label="untrained")
+            ax.legend(fontsize=8)
         ax.set_title(name)
         ax.set_xlabel("step (batches trained)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -158,6 +158,8 @@ LOG = """\
 2026-01-01 00:00:02,000 [pretrain] epoch 1 done: csc_img 0.2500 loss 0.7500 mdm 0.5000 | lr 0.000125 | 5.0 samples/s
 2026-01-01 00:00:03,000 [validation] epoch 1: linear SVM accuracy 42.50% (BatchNorm statistics recomputed)
 2026-01-01 00:00:04,000 checkpoint runs/x/ckpt-last.pth: step 24, next epoch 1 batch 0
+2026-01-01 00:00:04,500 [validation] epoch 2: linear SVM accuracy on EmbeddedProbe/test: pretrained 80.00% vs untrained 50.00% (margin +30.00 points)
+2026-01-01 00:00:04,600 checkpoint runs/x/ckpt-last.pth: step 28, next epoch 2 batch 0
 2026-01-01 00:00:05,000 [finetune] epoch 2 step 30: acc 75.0000 loss 0.2000 | lr 5e-05 | 9.0 samples/s
 2026-01-01 00:00:06,000 [validation] epoch 2: accuracy 80.00% (best 80.00%)
 """
@@ -170,12 +172,15 @@ def test_log_lines_become_scalars_at_their_steps():
         "train/loss": [(20, 1.5), (24, 0.75), (30, 0.2)],
         "train/mdm": [(20, 1.0), (24, 0.5)],
         "train/lr": [(20, 0.000125), (24, 0.000125), (30, 5e-05)],
-        "val/svm_acc_percent": [(24, 42.5)],
+        "val/svm_acc_percent": [(24, 42.5), (28, 80.0)],
+        "val/svm_acc_untrained_percent": [(28, 50.0)],
         "train/acc_percent": [(30, 75.0)],
         "val/acc_percent": [(30, 80.0)],  # no checkpoint line after it: the last step seen
     }
     assert viz.curve_panels(scalars) == ["train/loss", "train/acc_percent", "train/csc_img",
                                          "train/mdm", "val/acc_percent", "val/svm_acc_percent"]
+    assert viz.untrained_companion("val/svm_acc_percent", scalars) == "val/svm_acc_untrained_percent"
+    assert viz.untrained_companion("val/acc_percent", scalars) is None
 
 
 def test_curves_with_validation_accuracy(tmp_path):
@@ -185,6 +190,8 @@ def test_curves_with_validation_accuracy(tmp_path):
     assert image.shape[:2] == (viz.CURVES_PIXELS[1], viz.CURVES_PIXELS[0])
     red = (image[..., 0] > 150) & (image[..., 1] < 110) & (image[..., 2] < 110)
     assert red.sum() > 20, "no validation curve drawn"
+    grey = (np.abs(image.astype(int) - 0x77).max(axis=2) < 12)
+    assert grey.sum() > 20, "no untrained-model curve drawn"
 
 
 def _one_line_error(capsys, argv, *fragments):
