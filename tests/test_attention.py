@@ -246,7 +246,7 @@ def test_backward_grid_fills_an_h100_at_finetuning_length(dtype, heads):
     assert launches[1].grid == plan.grid
     block = launches[1].kwargs["BLOCK_N"]
     assert plan.key_blocks == -(-515 // block) and plan.query_blocks[0] == -(-515 // launches[1].kwargs["BLOCK_M_A"])
-    assert plan.grid == (32 * heads, 2 * plan.key_blocks + sum(plan.query_blocks))
+    assert plan.grid == (32 * heads * (2 * plan.key_blocks + sum(plan.query_blocks)),)
     assert plan.programs >= 4 * H100_SMS, plan  # several programs per SM, not one
 
 
@@ -254,7 +254,7 @@ def test_backward_keeps_one_launch_when_the_keys_fit_one_block():
     """Pretraining (26 tokens, B128): already 2 x 768 programs, and no key block to split."""
     kernels, launches = planned_backward(128, 26, 6, 64, torch.bfloat16)
     assert [launch.kernel for launch in launches] == [kernels._attention_bwd_kernel]
-    assert launches[0].grid == (128 * 6, 2) and not launches[0].kwargs["SPLIT"]
+    assert launches[0].grid == (128 * 6 * 2,) and not launches[0].kwargs["SPLIT"]
 
 
 # (dtype, T): one key block, exactly full blocks, one key past a block, several blocks; the

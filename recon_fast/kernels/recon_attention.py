@@ -356,15 +356,17 @@ def _attention_bwd_kernel(
     stride_qb_b, stride_qt_b, stride_qh_b, stride_qd_b,
     stride_kb_b, stride_kt_b, stride_kh_b, stride_kd_b,
     stride_dqb_b, stride_dqt_b, stride_dkb_b, stride_dkt_b,
-    KEY_LENGTHS, kv_len, num_heads, key_blocks, slots_a, scale, scale_log2,
+    KEY_LENGTHS, kv_len, num_heads, key_blocks, slots, slots_a, scale, scale_log2,
     HAS_B: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_M_A: tl.constexpr, BLOCK_M_B: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, SPLIT: tl.constexpr, DQ_ACCUMULATE: tl.constexpr,
 ):
-    """Grid (B * H, slots of role A + slots of role B); see BackwardPlan for the slots."""
-    bh = tl.program_id(0)
-    slot = tl.program_id(1)
+    """Grid (B * H * slots,): the slots of one (batch, head), role A's then role B's, are
+    neighbours in launch order (they share that head's q, k, v and dO in L2); see BackwardPlan."""
+    pid = tl.program_id(0)
+    bh = pid // slots
+    slot = pid % slots
     b = bh // num_heads
     h = bh % num_heads
     key_len = _key_length(KEY_LENGTHS, b, kv_len, HAS_LENGTHS)
@@ -486,8 +488,9 @@ def backward_meta(q_lens: Sequence[int], kv_len: int, head_dim: int, dtype: torc
 
 @dataclass(frozen=True)
 class BackwardPlan:
-    """The grids of a backward: `delta_grid` for the pre-pass (None when there is none) and `grid`
-    for the gradient kernel, both (B * H, slots of role A + slots of role B).
+    """The grids of a backward: `delta_grid` (B * H, query blocks of all roles) for the pre-pass
+    (None when there is none) and `grid` (B * H * slots,) for the gradient kernel, `slots` being
+    the programs of one (batch, head): role A's, then role B's.
 
     Split (SPLIT_FROM_KEY_BLOCKS or more key blocks): a role has one slot per key block (its dK and
     dV, walking the query blocks) and then one per query block (its dQ, walking the key blocks), so
@@ -500,16 +503,24 @@ class BackwardPlan:
     key_blocks: int
     query_blocks: Tuple[int, ...]
     split: bool
-    grid: Tuple[int, int]
+    batch_heads: int  # B * H
     delta_grid: Optional[Tuple[int, int]]
+
+    def role_slots(self, role: int) -> int:
+        return self.key_blocks + self.query_blocks[role] if self.split else 1
+
+    @property
+    def slots(self) -> int:
+        return sum(self.role_slots(role) for role in range(len(self.query_blocks)))
+
+    @property
+    def grid(self) -> Tuple[int]:
+        return (self.batch_heads * self.slots,)
 
     @property
     def programs(self) -> int:
         """Programs of the gradient kernel (the pre-pass is a short streaming pass)."""
-        return self.grid[0] * self.grid[1]
-
-    def slots(self, role: int) -> int:
-        return self.key_blocks + self.query_blocks[role] if self.split else 1
+        return self.grid[0]
 
 
 def backward_plan(batch: int, heads: int, q_lens: Sequence[int], kv_len: int, head_dim: int,
@@ -519,9 +530,8 @@ def backward_plan(batch: int, heads: int, q_lens: Sequence[int], kv_len: int, he
     key_blocks = triton.cdiv(kv_len, meta["BLOCK_N"])
     query_blocks = tuple(triton.cdiv(n, meta[name]) for n, name in zip(q_lens, ("BLOCK_M_A", "BLOCK_M_B")))
     split = meta["SPLIT"]
-    slots = sum(key_blocks + q if split else 1 for q in query_blocks)
     delta_grid = (batch * heads, sum(query_blocks)) if split else None
-    return BackwardPlan(key_blocks, query_blocks, split, (batch * heads, slots), delta_grid)
+    return BackwardPlan(key_blocks, query_blocks, split, batch * heads, delta_grid)
 
 
 def _launch_options(meta: dict, dtype: torch.dtype, backward: bool) -> dict:
@@ -688,7 +698,8 @@ def _backward_launches(roles, outs, lses, grad_outs, grads, key_lengths, scale):
                       dq.stride(0), dq.stride(1), grad.dk.stride(0), grad.dk.stride(1)]
     if len(roles) == 1:
         role_args *= 2  # the role-B slots of a single-role launch are never read
-    args = role_args + [lengths, T, H, plan.key_blocks, plan.slots(0), scale, scale * LOG2E_VALUE]
+    args = role_args + [lengths, T, H, plan.key_blocks, plan.slots, plan.role_slots(0), scale,
+                        scale * LOG2E_VALUE]
     kwargs = dict(HAS_LENGTHS=has_lengths, **meta, **_launch_options(meta, dtype, backward=True))
     launches = [Launch(_attention_bwd_kernel, plan.grid, args, kwargs)]
     if plan.split:
