@@ -188,17 +188,16 @@ class CloudPatches:
 def reconstruct_clouds(model, clouds, device: torch.device, seed: int) -> list[CloudPatches]:
     """model.reconstruct on each cloud, with the mask drawn from `seed` (the same mask for the
     same cloud whatever the checkpoint)."""
+    def points_of(patches: torch.Tensor) -> np.ndarray:  # (1, P, K, 3) -> (P * K, 3)
+        return patches[0].reshape(-1, 3).float().cpu().numpy()
+
     out = []
     for name, points in clouds:
         batch = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))[None].to(device)
         generator = torch.Generator(device=device).manual_seed(seed)
         patches = model.reconstruct(batch, generator=generator)
-
-        def flat(x):
-            return x[0].reshape(-1, 3).float().cpu().numpy()
-
-        out.append(CloudPatches(name, points, flat(patches.visible), flat(patches.masked),
-                                flat(patches.predicted)))
+        out.append(CloudPatches(name, points, points_of(patches.visible),
+                                points_of(patches.masked), points_of(patches.predicted)))
     return out
 
 
