@@ -46,9 +46,9 @@ _MIN_CAPABILITY = (8, 0)
 # here so that choosing a backend does not import triton).
 _MAX_HEAD_DIM = 256
 # Largest head dimension "auto" gives to Triton. ptxas (sm_90, triton 3.6) keeps the ReCon head
-# dim 64 in registers except the fp32 backward at the pretraining shape (8 spilled bytes), while
-# head_dim 128 already spills 16 bytes in the bf16 backward and 256 far more: SDPA's kernels are
-# the better default there; backend="triton" still runs them.
+# dim 64 in registers in every kernel at ReCon's shapes, while at head_dim 128 the fp32 backward
+# of a one-key-block sequence spills 440 bytes and at 256 every backward spills: SDPA's kernels
+# are the better default there; backend="triton" still runs them.
 _AUTO_MAX_HEAD_DIM = 64
 
 
