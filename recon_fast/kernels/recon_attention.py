@@ -584,7 +584,7 @@ class Launch:
     """One kernel launch: kernel[grid](*args, **kwargs) (kwargs: constexprs and launch options)."""
 
     kernel: object
-    grid: Tuple[int, int]
+    grid: Tuple[int, ...]
     args: list
     kwargs: dict
 
