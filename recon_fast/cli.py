@@ -20,7 +20,8 @@ import time
 
 from recon_fast.attention import BACKENDS
 from recon_fast.errors import InputError, ReconFastError
-from recon_fast.train.evaluate import PROTOCOL_MODELS
+from recon_fast.eval.protocol import DEFAULT_PROTOCOL, PROTOCOLS
+from recon_fast.train.evaluate import EVALUATION_MODELS
 from recon_fast.train.runtime import AMP_CHOICES, IMAGE_TEACHER_MODES
 
 
@@ -126,14 +127,24 @@ def _add_recompute_bn(p: argparse.ArgumentParser) -> None:
                         "steps, off for official checkpoints")
 
 
+def _add_protocol(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS,
+                   help="strict (default): the test split measured once, deterministically, by "
+                        "a model chosen without it (epoch chosen on a validation split carved "
+                        "from train; one voting pass; zero-shot on test only; few-shot: last "
+                        "epoch). official: the reference code's numbers (best test accuracy "
+                        "over epochs, best of the voting rounds, zero-shot over train + test)")
+
+
 def _report(args: argparse.Namespace, config, summary: dict, started: float, *,
             samples=None, checkpoint=None) -> None:
     """The end-of-run summary lines and <out>/results.json, then the summary as one JSON line."""
     from recon_fast.train.results import report_run
 
-    command = args.command + (f" {args.protocol}" if args.command == "eval" else "")
+    command = args.command + (f" {args.evaluation}" if args.command == "eval" else "")
     report_run(command, args.config, config, args.out, {**summary, "seed": args.seed},
-               started=started, samples=samples, checkpoint=checkpoint)
+               started=started, samples=samples, checkpoint=checkpoint,
+               init_checkpoint=getattr(args, "init_ckpt", None))
     print(json.dumps({k: v for k, v in summary.items() if k != "losses"}), flush=True)
 
 
@@ -176,19 +187,23 @@ def _finetune(args: argparse.Namespace) -> int:
     from recon_fast.train.finetune import run_finetune
 
     started, config = time.perf_counter(), _load(args)
-    summary = run_finetune(config, _options(args), vote_rounds=args.vote_rounds, votes=args.votes)
+    summary = run_finetune(config, _options(args), protocol=args.protocol,
+                           vote_rounds=args.vote_rounds, votes=args.votes)
     _report(args, config, summary, started,
             samples=summary["global_step"] * int(config.total_bs))
     return 0
 
 
 def _fewshot(args: argparse.Namespace) -> int:
+    """One finetune per fold. official: each fold's best test accuracy over epochs (as the
+    reference reports a fold); strict: each fold's last epoch, tested once."""
     from recon_fast.eval.fewshot import summarize_folds
     from recon_fast.train.finetune import run_finetune
+    from recon_fast.train.results import sha256_of
 
     started = time.perf_counter()
     folds = _parse_folds(args.folds)
-    accs = []
+    accs, per_fold = [], {}
     for fold in folds:
         overrides = args.overrides + [f"dataset.{s}.others.{k}={v}" for s in ("train", "val")
                                       for k, v in (("way", args.way), ("shot", args.shot), ("fold", fold))]
@@ -198,15 +213,22 @@ def _fewshot(args: argparse.Namespace) -> int:
         opts.out_dir = f"{args.out}/fold{fold}"
         config = load_config(args.config, overrides)
         _check_head_fits_episode(config, args.way)
-        summary = run_finetune(config, opts, vote_rounds=0)
-        accs.append(summary["best"] or 0.0)
+        summary = run_finetune(config, opts, protocol=args.protocol, vote_rounds=0,
+                               select_on="last")
+        key = "test_accuracy" if args.protocol == "strict" else "best"
+        accs.append(summary.get(key) or 0.0)
+        measured = os.path.join(opts.out_dir, "ckpt-best.pth" if key == "best" else "ckpt-last.pth")
+        per_fold[str(fold)] = {"accuracy": accs[-1], "split_sizes": summary["split_sizes"],
+                               "epoch_metrics": summary["epoch_metrics"],
+                               "checkpoint_sha256": sha256_of(measured)}
         print(f"[few-shot] {args.way}-way {args.shot}-shot fold {fold}: {accs[-1] * 100:.2f}%", flush=True)
     mean, std = summarize_folds(accs)
-    print(f"[few-shot] {args.way}-way {args.shot}-shot over {len(accs)} folds: {mean:.2f} +- {std:.2f}",
-          flush=True)
+    print(f"[few-shot] {args.way}-way {args.shot}-shot over {len(accs)} folds: {mean:.2f} +- "
+          f"{std:.2f} (--protocol {args.protocol})", flush=True)
     _report(args, load_config(args.config, overrides), {
-        "fewshot_mean_percent": mean, "fewshot_std_percent": std,
-        "folds": {str(f): a for f, a in zip(folds, accs)}, "way": args.way, "shot": args.shot},
+        "fewshot_mean_percent": mean, "fewshot_std_percent": std, "protocol": args.protocol,
+        "seeds": summary["seeds"], "split_sizes": summary["split_sizes"],
+        "folds": per_fold, "way": args.way, "shot": args.shot},
         started, checkpoint=None)
     return 0
 
@@ -242,8 +264,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     _refuse_training_options(args, args.training_defaults)
     started, config = time.perf_counter(), _load(args)
-    result = run_evaluation(args.protocol, config, _options(args), ckpt=args.ckpt,
-                            votes=args.votes, vote_rounds=args.vote_rounds)
+    result = run_evaluation(args.evaluation, config, _options(args), ckpt=args.ckpt,
+                            protocol=args.protocol, votes=args.votes,
+                            vote_rounds=args.vote_rounds)
     _report(args, config, result, started, checkpoint=args.ckpt)
     return 0
 
@@ -334,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--votes", type=int, default=10, help="votes per test round (default 10)")
     f.add_argument("--vote-rounds", type=int, default=1,
                    help="voting rounds on the test set with the best checkpoint; the best round "
-                        "is reported (official: 299; 0 skips voting; default 1)")
+                        "is reported (--protocol official only; the reference runs 299); 0 "
+                        "skips voting (default 1)")
+    _add_protocol(f)
     _add_recompute_bn(f)
     f.set_defaults(func=_finetune)
 
@@ -343,16 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--way", type=int, required=True, help="classes per episode (5 or 10)")
     s.add_argument("--shot", type=int, required=True, help="training shapes per class (10 or 20)")
     s.add_argument("--folds", default="0-9", help="folds to run, e.g. 0-9 or 0,3,5 (default 0-9)")
+    _add_protocol(s)
     _add_recompute_bn(s)
     s.set_defaults(func=_fewshot)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint: svm, zeroshot, vote or accuracy")
-    e.add_argument("protocol", choices=sorted(PROTOCOL_MODELS),
+    e.add_argument("evaluation", choices=sorted(EVALUATION_MODELS),
                    help="svm: linear SVM on frozen features; zeroshot: CLIP prompts; vote: "
                         "test-time voting; accuracy: plain-FPS accuracy")
     e.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
     e.add_argument("--votes", type=int, default=10, help="votes per round (vote)")
-    e.add_argument("--vote-rounds", type=int, default=1, help="voting rounds, best reported (vote)")
+    e.add_argument("--vote-rounds", type=int, default=1,
+                   help="voting rounds, best reported (vote, --protocol official only)")
+    _add_protocol(e)
     _add_run_options(e, "runs/eval")
     _add_teacher_options(e, image=False)
     _hide_training_options(e)

@@ -77,9 +77,11 @@ def test_eval_zeroshot_counts_train_and_test(tmp_path, pretrained, capsys):
                                                      ratio=0.25, img_encoder="ViT-B/32",
                                                      text_encoder="ViT-B/32"), base)
     result = run_cli(["eval", "zeroshot", "--config", cfg, "--ckpt", pretrained,
-                      "--teacher-weights", "random"] + common(tmp_path), capsys)
+                      "--teacher-weights", "random", "--protocol", "official"] + common(tmp_path),
+                     capsys)
     # 18 clouds in all: the accuracy is a multiple of 1/18.
     assert abs(result["zero_shot_accuracy"] * 18 - round(result["zero_shot_accuracy"] * 18)) < 1e-9
+    assert result["split_sizes"] == {"train": 9, "test": 9}
 
 
 def test_eval_vote_and_accuracy_need_a_classifier_config(tmp_path, pretrained, capsys):
@@ -87,7 +89,7 @@ def test_eval_vote_and_accuracy_need_a_classifier_config(tmp_path, pretrained, c
             "NUM_CATEGORY": 40}
     cfg = write_config(tmp_path, "cls", model_section("PointTransformer", cls_dim=3, type="full"), base)
     vote = run_cli(["eval", "vote", "--config", cfg, "--ckpt", pretrained, "--votes", "2",
-                    "--vote-rounds", "2"] + common(tmp_path), capsys)
+                    "--vote-rounds", "2", "--protocol", "official"] + common(tmp_path), capsys)
     assert len(vote["rounds"]) == 2 and vote["vote_accuracy"] == max(vote["rounds"])
     acc = run_cli(["eval", "accuracy", "--config", cfg, "--ckpt", pretrained] + common(tmp_path), capsys)
     assert 0.0 <= acc["accuracy"] <= 1.0

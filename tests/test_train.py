@@ -102,7 +102,7 @@ def test_finetune_from_pretraining_beats_chance_on_held_out_shapes(tmp_path, cac
     summary = run_finetune(finetune_config("total_bs=4"),
                            options(tmp_path / "ft", cache_dir, epochs=30,
                                    init_ckpt=str(tmp_path / "pre" / "ckpt-last.pth")),
-                           vote_rounds=1, votes=2)
+                           protocol="official", vote_rounds=1, votes=2)
     chance = 1 / 4
     assert summary["best"] >= 2.5 * chance, summary
     assert summary["vote"] >= 2 * chance, summary
@@ -128,7 +128,7 @@ def test_max_steps_counts_optimizer_steps_not_batches(tmp_path, cache_dir):
     # step_per_update=2: two batches per optimizer step, so --max-steps 2 trains four batches.
     summary = run_finetune(finetune_config("step_per_update=2"),
                            options(tmp_path / "run", cache_dir, epochs=1, max_steps=2),
-                           vote_rounds=0)
+                           protocol="official", vote_rounds=0)  # all 32 train shapes: 4 batches
     assert (summary["optimizer_steps"], summary["global_step"]) == (2, 4)
     ckpt = load_checkpoint_file(str(tmp_path / "run" / "ckpt-last.pth"))
     assert (ckpt["optimizer_steps"], ckpt["global_step"], ckpt["next_batch"]) == (2, 4, 4)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import contextlib
+from typing import Callable, Iterable, Optional
 
 import torch
 
 from recon_fast.data import fps_indices, fps_sample, point_all_for, random_subset
 from recon_fast.data.loader import to_device
+from recon_fast.eval.protocol import seeded
 
 
 @torch.no_grad()
@@ -29,24 +31,33 @@ def accuracy(model: torch.nn.Module, batches: Iterable[dict], npoints: int,
 @torch.no_grad()
 def vote_accuracy(model: torch.nn.Module, batches: Callable[[], Iterable[dict]], npoints: int,
                   device: torch.device, transform: Callable[[torch.Tensor], torch.Tensor], *,
-                  votes: int = 10, rounds: int = 1, autocast=None) -> tuple[float, list[float]]:
+                  votes: int = 10, rounds: int = 1, autocast=None,
+                  seed: Optional[int] = None) -> tuple[float, list[float]]:
     """The official test-time voting: per batch, FPS to point_all once, then `votes` random
     npoints-subsets with the test transform; the votes' logits are averaged. Repeated for
-    `rounds` rounds (the official --test runs 299); returns (best, every round's accuracy)."""
+    `rounds` rounds (the official --test runs 299); returns (best, every round's accuracy).
+    With a `seed`, round r draws from seed + r (the caller's RNG untouched): reproducible, and
+    round 0 is the strict protocol's single pass."""
     model.eval()
     per_round = []
-    for _ in range(rounds):
-        correct = total = 0
-        for batch in batches():
-            batch = to_device(batch, device)
-            points = batch["points"]
-            pool = fps_indices(points, point_all_for(npoints, points.shape[1]))
-            logits = 0
-            for _ in range(votes):
-                sample = transform(random_subset(points, pool, npoints))
-                with autocast() if autocast else torch.autocast(device.type, enabled=False):
-                    logits = logits + model(sample).float()
-            correct += int((logits.argmax(-1) == batch["label"]).sum())
-            total += batch["label"].numel()
-        per_round.append(correct / max(total, 1))
+    for r in range(rounds):
+        with seeded(seed + r, device) if seed is not None else contextlib.nullcontext():
+            per_round.append(_vote_round(model, batches(), npoints, device, transform, votes,
+                                         autocast))
     return max(per_round), per_round
+
+
+def _vote_round(model, batches, npoints, device, transform, votes, autocast) -> float:
+    correct = total = 0
+    for batch in batches:
+        batch = to_device(batch, device)
+        points = batch["points"]
+        pool = fps_indices(points, point_all_for(npoints, points.shape[1]))
+        logits = 0
+        for _ in range(votes):
+            sample = transform(random_subset(points, pool, npoints))
+            with autocast() if autocast else torch.autocast(device.type, enabled=False):
+                logits = logits + model(sample).float()
+        correct += int((logits.argmax(-1) == batch["label"]).sum())
+        total += batch["label"].numel()
+    return correct / max(total, 1)

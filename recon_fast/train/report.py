@@ -1,5 +1,6 @@
 """`recon-fast report`: several runs (seeds) of the same command and config, aggregated into
-mean ± std per metric, next to the numbers the paper publishes, as Markdown and JSON.
+mean ± std per metric and protocol (strict next to official), next to the numbers the paper
+publishes, as Markdown and JSON.
 
 Each run folder holds the results.json that every command writes (recon_fast.train.results).
 The std is the sample standard deviation (n - 1), the spread a reader expects over seeds; a
@@ -55,32 +56,46 @@ def _percent(name: str, value: float) -> float:
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
-    """One row per (command, config, metric): n, mean and sample std in percent, the seeds."""
-    groups: dict[tuple[str, str, str], list[tuple[float, object]]] = {}
+    """One row per (command, config, metric, protocol): n, mean and sample std in percent, the
+    seeds. Runs whose results.json has no protocol predate the field and ran the official one."""
+    groups: dict[tuple[str, str, str, str], list[tuple[float, object]]] = {}
     for run in runs:
         key = (run.get("command", "?"), _config_key(run.get("config", "?")))
+        protocol = run.get("protocol") or "official"
         for metric, value in (run.get("metrics") or {}).items():
             if isinstance(value, (int, float)):
-                groups.setdefault(key + (metric,), []).append(
+                groups.setdefault(key + (metric, protocol), []).append(
                     (_percent(metric, float(value)), run.get("seed")))
     rows = []
-    for (command, config, metric), values in sorted(groups.items()):
+    for (command, config, metric, protocol), values in sorted(groups.items()):
         numbers = [v for v, _ in values]
         n = len(numbers)
         mean = sum(numbers) / n
         std = math.sqrt(sum((v - mean) ** 2 for v in numbers) / (n - 1)) if n > 1 else 0.0
-        rows.append({"command": command, "config": config, "metric": metric, "n": n,
-                     "mean_percent": mean, "std_percent": std,
+        rows.append({"command": command, "config": config, "metric": metric,
+                     "protocol": protocol, "n": n, "mean_percent": mean, "std_percent": std,
                      "seeds": [s for _, s in values],
                      "published_percent": PUBLISHED.get((config, metric))})
     return rows
 
 
+def _cell(row) -> str:
+    if row is None:
+        return "–"
+    return f"{row['mean_percent']:.2f} ± {row['std_percent']:.2f} (n={row['n']})"
+
+
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| command | config | metric | runs | mean ± std (%) | published (%) |",
-             "|---|---|---|---|---|---|"]
+    """One line per (command, config, metric): strict and official side by side, then the
+    published number (which the official protocol produced)."""
+    lines = ["| command | config | metric | strict mean ± std (%) | official mean ± std (%) | "
+             "published (%) |", "|---|---|---|---|---|---|"]
+    paired: dict[tuple[str, str, str], dict[str, dict]] = {}
     for r in rows:
-        published = "–" if r["published_percent"] is None else f"{r['published_percent']:.2f}"
-        lines.append(f"| {r['command']} | {r['config']} | {r['metric']} | {r['n']} | "
-                     f"{r['mean_percent']:.2f} ± {r['std_percent']:.2f} | {published} |")
+        paired.setdefault((r["command"], r["config"], r["metric"]), {})[r["protocol"]] = r
+    for (command, config, metric), by_protocol in paired.items():
+        published = PUBLISHED.get((config, metric))
+        published = "–" if published is None else f"{published:.2f}"
+        lines.append(f"| {command} | {config} | {metric} | {_cell(by_protocol.get('strict'))} | "
+                     f"{_cell(by_protocol.get('official'))} | {published} |")
     return "\n".join(lines) + "\n"

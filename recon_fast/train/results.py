@@ -1,8 +1,14 @@
 """The end-of-run summary: what ran, on which data, how long and how fast, the final metrics and
-where the checkpoint is. Printed and written as <out>/results.json by every command."""
+where the checkpoint is. Printed and written as <out>/results.json by every command.
+
+Every file also records what a reader needs to trust or reproduce a number: the evaluation
+protocol (official or strict, recon_fast.eval.protocol; pretraining's own check is the
+reference's, so "official"), the sha256 of the checkpoint measured and of the one the run
+started from, the seeds, the size of each split (train / val / test) and the package version."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -11,8 +17,13 @@ from typing import Any, Optional
 
 RESULTS = "results.json"
 # Summary keys that are metrics (fractions in [0, 1] unless named otherwise).
-METRIC_KEYS = ("best", "last_metric", "vote", "svm_accuracy", "zero_shot_accuracy", "accuracy",
-               "vote_accuracy", "fewshot_mean_percent", "fewshot_std_percent")
+METRIC_KEYS = ("best", "last_metric", "val_accuracy", "test_accuracy", "vote", "svm_accuracy",
+               "zero_shot_accuracy", "accuracy", "vote_accuracy", "fewshot_mean_percent",
+               "fewshot_std_percent")
+# Summary keys copied as they are (when present).
+RECORD_KEYS = ("epoch", "global_step", "interrupted", "recompute_bn", "folds", "seed", "seeds",
+               "split_sizes", "selected_epoch", "epoch_metrics", "vote_rounds", "rounds", "way",
+               "shot")
 
 
 def _data_of(config) -> dict[str, str]:
@@ -33,24 +44,39 @@ def _checkpoint_in(out_dir: str) -> Optional[str]:
     return None
 
 
+def sha256_of(path: Optional[str]) -> Optional[str]:
+    """Hex sha256 of a file's bytes (None for no file)."""
+    if not path or not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def build_results(command: str, config_name: str, config, out_dir: str, summary: dict[str, Any],
                   *, started: float, samples: Optional[int] = None,
-                  checkpoint: Optional[str] = None) -> dict[str, Any]:
+                  checkpoint: Optional[str] = None,
+                  init_checkpoint: Optional[str] = None) -> dict[str, Any]:
     import torch
 
     import recon_fast
 
     wall = time.perf_counter() - started
     metrics = {k: summary[k] for k in METRIC_KEYS if summary.get(k) is not None}
+    checkpoint = checkpoint if checkpoint is not None else _checkpoint_in(out_dir)
     results = {
         "command": command, "config": config_name, "out_dir": out_dir,
+        "protocol": summary.get("protocol", "official"),
         "data": _data_of(config), "wall_s": round(wall, 2),
         "metrics": metrics,
-        "checkpoint": checkpoint if checkpoint is not None else _checkpoint_in(out_dir),
+        "checkpoint": checkpoint, "checkpoint_sha256": sha256_of(checkpoint),
+        "init_checkpoint": init_checkpoint, "init_checkpoint_sha256": sha256_of(init_checkpoint),
         "recon_fast": recon_fast.__version__, "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    for key in ("epoch", "global_step", "interrupted", "recompute_bn", "folds", "seed"):
+    for key in RECORD_KEYS:
         if key in summary:
             results[key] = summary[key]
     if samples is not None:
@@ -61,7 +87,8 @@ def build_results(command: str, config_name: str, config, out_dir: str, summary:
 
 def format_results(results: dict[str, Any]) -> list[str]:
     """A few human lines (the JSON file holds everything)."""
-    head = f"[summary] {results['command']} --config {results['config']}: "
+    head = (f"[summary] {results['command']} --config {results['config']} "
+            f"--protocol {results['protocol']}: ")
     if "global_step" in results:
         head += f"{results.get('epoch', 0) + 1} epochs, {results['global_step']} steps, "
     head += f"{results['wall_s']:.0f} s"
@@ -72,7 +99,9 @@ def format_results(results: dict[str, Any]) -> list[str]:
                         for k, v in results["metrics"].items()) or "none"
     lines = [head, f"[summary] data: {data}", f"[summary] metrics: {metrics}"]
     where = os.path.join(results["out_dir"], RESULTS)
-    lines.append(f"[summary] checkpoint: {results['checkpoint'] or 'none'}; results: {where}")
+    sha = results.get("checkpoint_sha256")
+    lines.append(f"[summary] checkpoint: {results['checkpoint'] or 'none'}"
+                 f"{f' (sha256 {sha[:12]})' if sha else ''}; results: {where}")
     return lines
 
 
@@ -89,11 +118,12 @@ def write_results(results: dict[str, Any]) -> str:
 
 
 def report_run(command: str, config_name: str, config, out_dir: str, summary: dict[str, Any], *,
-               started: float, samples: Optional[int] = None,
-               checkpoint: Optional[str] = None) -> dict[str, Any]:
+               started: float, samples: Optional[int] = None, checkpoint: Optional[str] = None,
+               init_checkpoint: Optional[str] = None) -> dict[str, Any]:
     """Build, print and write the end-of-run summary; returns it."""
     results = build_results(command, config_name, config, out_dir, summary, started=started,
-                            samples=samples, checkpoint=checkpoint)
+                            samples=samples, checkpoint=checkpoint,
+                            init_checkpoint=init_checkpoint)
     write_results(results)
     for line in format_results(results):
         print(line, flush=True)
