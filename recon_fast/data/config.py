@@ -29,7 +29,8 @@ def dataset_from_config(base: Mapping[str, Any], others: Optional[Mapping[str, A
         base: the ``_base_`` mapping (NAME, DATA_PATH/ROOT, N_POINTS, ...). NAME "Embedded"
             (pretraining items) or "EmbeddedShapes" (classification items) selects the embedded
             procedural set, generated on first use; its optional keys are SEED, CLASSES,
-            SHAPES_PER_CLASS, TEST_PER_CLASS and N_POINTS.
+            SHAPES_PER_CLASS, TEST_PER_CLASS and N_POINTS. "EmbeddedProbe": the harder probe
+            set of the same classes (also KEEP, ROTATE, NOISE), generated in memory.
         others: the ``others`` mapping (subset, npoints, whole, way, shot, fold, ...).
         data_root: prefix for relative paths (the official configs use ``data/...``).
         image: ShapeNet-style image loading: "augment" (official), "center" or "none".
@@ -43,6 +44,8 @@ def dataset_from_config(base: Mapping[str, Any], others: Optional[Mapping[str, A
                                     progress=progress)
     if name in ("Embedded", "EmbeddedShapes"):
         return _embedded_from_config(name, base, others, subset, image, cache_dir, progress)
+    if name == "EmbeddedProbe":
+        return _probe_from_config(base, subset)
 
     def path(key: str) -> str:
         value = os.fspath(_get(base, key, name))
@@ -72,8 +75,8 @@ def dataset_from_config(base: Mapping[str, Any], others: Optional[Mapping[str, A
                 else "objectbg"
         return ScanObjectNN(root, subset, variant)
     raise ConfigError(f"unknown dataset NAME {name!r}; expected ShapeNet, ModelNet, "
-                     "ModelNetFewShot, ScanObjectNN, ScanObjectNN_hardest, Embedded or "
-                     "EmbeddedShapes")
+                     "ModelNetFewShot, ScanObjectNN, ScanObjectNN_hardest, Embedded, "
+                     "EmbeddedShapes or EmbeddedProbe")
 
 
 def _episode_from_config(base: Mapping[str, Any], others: Mapping[str, Any],
@@ -107,3 +110,22 @@ def _embedded_from_config(name: str, base: Mapping[str, Any], others: Mapping[st
         return embedded.pretrain_dataset(subset, int(others.get("npoints", 1024)),
                                          whole=bool(others.get("whole", False)), image=image)
     return embedded.classification_dataset(subset)
+
+
+def _probe_from_config(base: Mapping[str, Any], subset: str) -> Dataset:
+    """NAME EmbeddedProbe: the harder embedded classification set (partial, rotated, noisy
+    clouds; see recon_fast.data.embedded.probe), keys as EmbeddedShapes plus KEEP, ROTATE, NOISE."""
+    from recon_fast.data.embedded.probe import EmbeddedProbe, ProbeConfig
+
+    defaults = ProbeConfig()
+    classes = base.get("CLASSES")
+    config = ProbeConfig(seed=int(base.get("SEED", defaults.seed)),
+                         classes=tuple(classes) if classes else defaults.classes,
+                         shapes_per_class=int(base.get("SHAPES_PER_CLASS",
+                                                       defaults.shapes_per_class)),
+                         test_per_class=int(base.get("TEST_PER_CLASS", defaults.test_per_class)),
+                         n_points=int(base.get("N_POINTS", defaults.n_points)),
+                         keep=float(base.get("KEEP", defaults.keep)),
+                         rotate=str(base.get("ROTATE", defaults.rotate)),
+                         noise=float(base.get("NOISE", defaults.noise)))
+    return EmbeddedProbe(config, "train" if subset == "train" else "test")
