@@ -130,7 +130,7 @@ def test_finetune_both_protocols(tmp_path, cache, pretrained, capsys, monkeypatc
     chosen = max(val_curve, key=lambda e: (val_curve[e], -e))  # first best validation epoch
     metrics = strict["metrics"]
     assert strict["selected_epoch"] == chosen and metrics["val_accuracy"] == val_curve[chosen]
-    assert "best" not in metrics
+    assert "best" not in metrics and "last_metric" not in metrics  # validation numbers
     # strict tests the validation-chosen model once; best-of-test over the same run's epochs
     # (the official selection) can only be higher or equal.
     assert metrics["test_accuracy"] == test_curve[chosen]

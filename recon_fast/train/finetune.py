@@ -157,8 +157,9 @@ def run_finetune(config: Config, opts: RunOptions, *, protocol: str = DEFAULT_PR
                        epoch_metrics=epoch_metrics)
         if not trainer.dist.main or summary["interrupted"]:
             return summary
-        if strict:  # the best epoch's accuracy is a validation number here, named so
+        if strict:  # validation numbers here, named so (the last one stays in epoch_metrics)
             summary["val_accuracy"] = summary.pop("best")
+            summary.pop("last_metric")
             summary.update(_measure_once(config, opts, trainer, test_set, name, votes, vote_rounds,
                                          refresh_bn, last_epoch=summary["epoch"] + 1))
         else:
