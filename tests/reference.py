@@ -15,14 +15,19 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def sum_coordinates(terms: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dimension from the first coordinate up, one addition at a time:
+    ((t0 + t1) + t2) + ..., the order every kernel uses (torch.sum may reorder)."""
+    out = terms[..., 0]
+    for d in range(1, terms.shape[-1]):
+        out = out + terms[..., d]
+    return out
+
+
 def pairwise_dist(q: torch.Tensor, p: torch.Tensor, norm: int = 2) -> torch.Tensor:
-    """(B, M, 3) x (B, N, 3) -> (B, M, N) distances, ((dx*dx + dy*dy) + dz*dz) or L1."""
+    """(B, M, D) x (B, N, D) -> (B, M, N) distances, ((dx*dx + dy*dy) + dz*dz) + ... or L1."""
     diff = q[:, :, None, :] - p[:, None, :, :]
-    if norm == 2:
-        sq = diff * diff
-        return sq[..., 0] + sq[..., 1] + sq[..., 2]
-    a = diff.abs()
-    return a[..., 0] + a[..., 1] + a[..., 2]
+    return sum_coordinates(diff * diff if norm == 2 else diff.abs())
 
 
 def full_lengths(points: torch.Tensor, lengths=None) -> torch.Tensor:
@@ -45,8 +50,7 @@ def fps_reference(xyz: torch.Tensor, m: int, lengths=None, start_idx=None,
             continue
         pts = pts_all[b, :L]
         start = 0 if start_idx is None else int(start_idx[b])
-        sq = pts * pts
-        norm2 = sq[:, 0] + sq[:, 1] + sq[:, 2]
+        norm2 = sum_coordinates(pts * pts)
         eligible = torch.ones(L, dtype=torch.bool)
         if min_norm_sq is not None and min_norm_sq >= 0:
             eligible = ~(norm2.double() <= min_norm_sq)  # compared in double, as pointnet2_ops

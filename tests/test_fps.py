@@ -93,7 +93,7 @@ def test_fps_empty_shapes(device):
 
 @pytest.mark.parametrize("make_args,match", [
     (lambda: (torch.rand(10, 3), 2), "xyz must have shape"),
-    (lambda: (torch.rand(2, 10, 2), 2), "last dimension 3"),
+    (lambda: (torch.rand(2, 10, 0), 2), "dimension D >= 1"),
     (lambda: (torch.rand(2, 10, 3).int(), 2), "xyz must be float16"),
     (lambda: (torch.rand(2, 10, 3), 11), r"m must be in \[0, 10\]"),
     (lambda: (torch.rand(2, 10, 3), -1), r"m must be in \[0, 10\]"),

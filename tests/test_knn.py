@@ -86,7 +86,8 @@ def test_knn_gradients_match_reference(device, dtype):
 @pytest.mark.parametrize("make_args,match", [
     (lambda: (torch.rand(2, 4, 3), torch.rand(2, 4, 3), 5), r"k must be in \[1, 4\]"),
     (lambda: (torch.rand(2, 4, 3), torch.rand(2, 4, 3), 0), r"k must be in \[1, 4\]"),
-    (lambda: (torch.rand(2, 4, 2), torch.rand(2, 4, 3), 1), "query must have shape"),
+    (lambda: (torch.rand(2, 4, 2), torch.rand(2, 4, 3), 1), "same point dimension D"),
+    (lambda: (torch.rand(2, 4), torch.rand(2, 4, 3), 1), "query must have shape"),
     (lambda: (torch.rand(2, 4, 3), torch.rand(3, 4, 3), 1), "batch size"),
     (lambda: (torch.rand(2, 4, 3), torch.rand(2, 4, 3).double(), 1), "dtype"),
     (lambda: (torch.rand(2, 4, 3), torch.rand(2, 0, 3), 1), "k must be in|points is empty"),

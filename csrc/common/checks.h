@@ -20,9 +20,10 @@ inline std::string shape_str(const at::Tensor& t) {
   return s + ")";
 }
 
-// A (B, N, 3)-style point cloud of a floating dtype.
+// A (B, N, 3)-style point cloud of a floating dtype; channels <= 0: any last dimension (B, N, D).
 inline void check_points(const at::Tensor& t, const char* name, int64_t channels = 3) {
-  TORCH_CHECK_VALUE(t.dim() == 3, name, " must have shape (B, N, ", channels, "), got ",
+  TORCH_CHECK_VALUE(t.dim() == 3, name, " must have shape (B, N, ",
+                    channels > 0 ? std::to_string(channels) : std::string("D"), "), got ",
                     shape_str(t));
   if (channels > 0) {
     TORCH_CHECK_VALUE(t.size(2) == channels, name, " must have shape (B, N, ", channels,
@@ -30,6 +31,16 @@ inline void check_points(const at::Tensor& t, const char* name, int64_t channels
   }
   TORCH_CHECK_VALUE(at::isFloatingType(t.scalar_type()), name,
                     " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+}
+
+// Two point clouds of the same dimension D >= 1 (any D): (B, M, D) and (B, N, D).
+inline void check_same_point_dim(const at::Tensor& a, const char* a_name, const at::Tensor& b,
+                                 const char* b_name) {
+  TORCH_CHECK_VALUE(a.size(2) >= 1, a_name, " must have points of dimension D >= 1, got shape ",
+                    shape_str(a));
+  TORCH_CHECK_VALUE(a.size(2) == b.size(2), a_name, " and ", b_name,
+                    " must have the same point dimension D, got ", a_name, " ", shape_str(a),
+                    " and ", b_name, " ", shape_str(b));
 }
 
 inline void check_same_device(const at::Tensor& a, const char* a_name, const at::Tensor& b,

@@ -1,6 +1,7 @@
 // Farthest point sampling on the CPU: argument checks and the call into the kernel compiled for
 // this CPU's instruction set (the kernels: fps_cpu_simd.h).
 #include "fps/fps.h"
+#include "fps/fps_anyd.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -23,7 +24,9 @@ namespace recon_fast {
 
 void check_fps_args(const at::Tensor& xyz, const at::Tensor& lengths, int64_t m,
                     const at::Tensor& start_idx) {
-  check_points(xyz, "xyz");
+  check_points(xyz, "xyz", /*channels=*/-1);
+  TORCH_CHECK_VALUE(xyz.size(2) >= 1, "xyz must have points of dimension D >= 1, got shape ",
+                    shape_str(xyz));
   check_lengths(lengths, "lengths", xyz, "xyz");
   check_lengths(start_idx, "start_idx", xyz, "xyz");
   TORCH_CHECK_VALUE(m >= 0 && m <= xyz.size(1), "m (number of samples) must be in [0, N] = [0, ",
@@ -43,6 +46,10 @@ at::Tensor fps_cpu(const at::Tensor& xyz_in, const at::Tensor& lengths, int64_t 
   }
   at::Tensor idx = at::empty({B, m}, xyz.options().dtype(at::kLong));
   if (B == 0 || m == 0) return idx;
+  if (xyz.size(2) != 3) {  // any other dimension: the general kernel (fps_anyd.h)
+    fps_anyd_cpu(xyz, lens, starts, m, min_norm_sq, idx);
+    return idx;
+  }
   RECON_FAST_CPU_DISPATCH(fps_cpu_kernel, xyz, lens, starts, m, min_norm_sq, idx);
   return idx;
 }

@@ -31,6 +31,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "fps/fps.h"
+#include "fps/fps_anyd.h"
 #include "fps/fps_plan.h"
 
 namespace recon_fast {
@@ -328,6 +329,10 @@ at::Tensor fps_cuda(const at::Tensor& xyz_in, const at::Tensor& lengths_in, int6
                     " points per cloud; at most 2^31 - 1 are supported");
   at::Tensor idx = at::empty({B, m}, xyz.options().dtype(at::kLong));
   if (B == 0 || m == 0) return idx;
+  if (xyz.size(2) != 3) {  // any other dimension: the general kernel (fps_anyd_cuda.cu)
+    fps_anyd_cuda(xyz, lengths, m, start_idx, min_norm_sq, idx);
+    return idx;
+  }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xyz.scalar_type(), "fps_cuda", [&] {
     using T = acc_t<scalar_t>;

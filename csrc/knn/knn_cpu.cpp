@@ -1,6 +1,7 @@
 // k nearest neighbours on the CPU: argument checks, the call into the kernel compiled for this
 // CPU's instruction set (knn_cpu_simd.h), and the backward.
 #include "knn/knn.h"
+#include "knn/knn_anyd.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -27,11 +28,12 @@ namespace recon_fast {
 void check_knn_args(const at::Tensor& query, const at::Tensor& points,
                     const at::Tensor& query_lengths, const at::Tensor& point_lengths, int64_t k,
                     int64_t norm) {
-  check_points(query, "query");
-  check_points(points, "points");
+  check_points(query, "query", /*channels=*/-1);
+  check_points(points, "points", /*channels=*/-1);
   check_same_device(query, "query", points, "points");
   check_same_dtype(query, "query", points, "points");
   check_batch(query, "query", points, "points");
+  check_same_point_dim(query, "query", points, "points");
   check_lengths(query_lengths, "query_lengths", query, "query");
   check_lengths(point_lengths, "point_lengths", points, "points");
   check_norm(norm);
@@ -51,14 +53,19 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query_in, const at:
   at::Tensor dist = at::empty({B, M, k}, query.options());
   at::Tensor idx = at::empty({B, M, k}, query.options().dtype(at::kLong));
   if (B == 0 || M == 0) return {dist, idx};
+  if (query.size(2) != 3) {  // any other dimension: the general kernels (knn_anyd.h)
+    knn_anyd_cpu(query, points, qlens, plens, k, norm, dist, idx);
+    return {dist, idx};
+  }
   RECON_FAST_CPU_DISPATCH(knn_cpu_kernel, query, points, qlens, plens, k, norm, dist, idx);
   return {dist, idx};
 }
 
 void check_knn_backward_args(const at::Tensor& grad_dist, const at::Tensor& query,
                              const at::Tensor& points, const at::Tensor& idx, int64_t norm) {
-  check_points(query, "query");
-  check_points(points, "points");
+  check_points(query, "query", /*channels=*/-1);
+  check_points(points, "points", /*channels=*/-1);
+  check_same_point_dim(query, "query", points, "points");
   check_same_dtype(query, "query", points, "points");
   check_same_dtype(grad_dist, "grad_dist", query, "query");
   check_same_device(grad_dist, "grad_dist", query, "query");
@@ -78,6 +85,7 @@ std::tuple<at::Tensor, at::Tensor> knn_backward_cpu(const at::Tensor& grad_dist_
   check_knn_backward_args(grad_dist_in, query_in, points_in, idx_in, norm);
   const at::Tensor grad_dist = grad_dist_in.contiguous(), query = query_in.contiguous(),
                    points = points_in.contiguous(), idx = idx_in.contiguous();
+  if (query.size(2) != 3) return knn_backward_anyd_cpu(grad_dist, query, points, idx, norm);
   const int64_t B = query.size(0), M = query.size(1), N = points.size(1), K = idx.size(2);
   const auto acc_options = query.options().dtype(at::toOpMathType(query.scalar_type()));
   at::Tensor grad_query = at::zeros({B, M, 3}, acc_options);

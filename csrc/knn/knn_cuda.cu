@@ -29,6 +29,7 @@
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "knn/knn.h"
+#include "knn/knn_anyd.h"
 
 namespace recon_fast {
 namespace {
@@ -250,6 +251,10 @@ std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& query_in, const at
   at::Tensor dist = at::empty({B, M, k}, query.options());
   at::Tensor idx = at::empty({B, M, k}, query.options().dtype(at::kLong));
   if (B == 0 || M == 0) return {dist, idx};
+  if (query.size(2) != 3) {  // any other dimension: the general kernels (knn_anyd_cuda.cu)
+    knn_anyd_cuda(query, points, query_lengths, point_lengths, k, norm, dist, idx);
+    return {dist, idx};
+  }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "knn_cuda", [&] {
     at::Tensor scratch;
@@ -316,6 +321,7 @@ std::tuple<at::Tensor, at::Tensor> knn_backward_cuda(const at::Tensor& grad_dist
   const c10::cuda::CUDAGuard guard(query_in.device());
   const at::Tensor grad_dist = grad_dist_in.contiguous(), query = query_in.contiguous(),
                    points = points_in.contiguous(), idx = idx_in.contiguous();
+  if (query.size(2) != 3) return knn_backward_anyd_cuda(grad_dist, query, points, idx, norm);
   const int64_t B = query.size(0), M = query.size(1), N = points.size(1), K = idx.size(2);
   const auto acc_options = query.options().dtype(at::toOpMathType(query.scalar_type()));
   at::Tensor grad_query = at::empty({B, M, 3}, acc_options);

@@ -69,7 +69,11 @@ def check_device_built(t: torch.Tensor, name: str) -> None:
                                "pip install --no-build-isolation -e .)")
 
 
-def check_points(t, name: str, channels: int | None = 3) -> None:
+def check_points(t, name: str, channels: int | None = 3, *, any_dim: bool = False) -> None:
+    """`t` is a (B, N, channels) floating point cloud (any last dimension if channels is None).
+    any_dim: (B, N, D) points of any dimension D >= 1 whose distances the op sums over D."""
+    if any_dim:
+        channels = None
     if not isinstance(t, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     check_device_built(t, name)
@@ -79,6 +83,8 @@ def check_points(t, name: str, channels: int | None = 3) -> None:
     if channels and t.shape[2] != channels:
         raise InputError(f"{name} must have shape {want} (last dimension {channels}), "
                          f"got {describe(t)}")
+    if any_dim and t.shape[2] == 0:
+        raise InputError(f"{name} must have points of dimension D >= 1, got {describe(t)}")
     if t.dtype not in FLOAT_DTYPES:
         raise InputError(f"{name} must be float16, bfloat16, float32 or float64, got {describe(t)}")
     if data_checks_enabled() and t.numel() > 0:
@@ -87,13 +93,22 @@ def check_points(t, name: str, channels: int | None = 3) -> None:
         worst = float(t.detach().abs().amax())
         if not math.isfinite(worst):
             raise InputError(f"{name} contains NaN or infinite values ({describe(t)})")
-        if channels == 3:
-            # Squared distances of larger coordinates overflow the accumulation type.
-            limit = 1e150 if t.dtype == torch.float64 else 1e18
+        if channels == 3 or any_dim:
+            # Squared distances of larger coordinates overflow the accumulation type; a sum over
+            # D coordinates has D terms (the limits hold for D = 3 and shrink as 1 / sqrt(D)).
+            limit = (1e150 if t.dtype == torch.float64 else 1e18) * math.sqrt(3 / max(t.shape[2], 3))
             if worst > limit:
                 raise InputError(f"{name} has coordinates above {limit:g} in magnitude, whose "
                                  f"squared distances overflow {'float64' if limit > 1e18 else 'float32'}"
                                  f" ({describe(t)}); rescale the clouds")
+
+
+def check_same_dim(a, a_name: str, b, b_name: str) -> None:
+    """Two point clouds (B, M, D) and (B, N, D) of the same point dimension D."""
+    if a.shape[-1] != b.shape[-1]:
+        raise InputError(f"{a_name} and {b_name} must have the same point dimension D, got "
+                         f"{a_name} of shape {tuple(a.shape)} (D = {a.shape[-1]}) and {b_name} of "
+                         f"shape {tuple(b.shape)} (D = {b.shape[-1]})")
 
 
 def check_pair(a, a_name: str, b, b_name: str) -> None:

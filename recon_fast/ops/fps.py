@@ -22,21 +22,23 @@ def fps(xyz: torch.Tensor, m: int, lengths: torch.Tensor | None = None, *,
     """Farthest point sampling: indices of `m` points of each cloud that are spread out.
 
     Args:
-        xyz: (B, N, 3) points, any float dtype; may be non-contiguous.
+        xyz: (B, N, D) points of any dimension D >= 1 (D = 3 has the fastest kernels), any
+            float dtype; may be non-contiguous.
         m: number of samples, 0 <= m <= N.
         lengths: optional (B,) int, the number of valid points of each padded cloud.
         random_start: start from a uniformly random valid point (pytorch3d's option) instead
             of index 0 (pointnet2_ops semantics).
         start_idx: optional (B,) explicit first sample of each cloud (overrides random_start).
         min_norm_sq: if set, points with squared norm <= this value are never sampled
-            (pointnet2_ops uses 1e-3, see ``POINTNET2_MIN_NORM_SQ``).
+            (pointnet2_ops uses 1e-3, see ``POINTNET2_MIN_NORM_SQ``); the norm is over all D
+            coordinates.
 
     Returns:
         (B, m) int64 indices into dimension 1 of `xyz`. Each next sample maximises the squared
         distance to the samples chosen so far; ties go to the lowest index. Slots at or beyond
         ``lengths[b]`` are -1.
     """
-    check_points(xyz, "xyz")
+    check_points(xyz, "xyz", any_dim=True)
     B, N = xyz.shape[0], xyz.shape[1]
     m = check_count(m, "m", 0, N, f"number of samples; xyz has N = {N} points")
     lengths = lengths_or_full(lengths, "lengths", xyz, "xyz")

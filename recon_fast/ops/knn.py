@@ -7,13 +7,13 @@ from typing import NamedTuple, Optional
 import torch
 
 from recon_fast.ops._validation import (check_backward_indices, check_count, check_pair,
-                                        check_points, lengths_or_full)
+                                        check_points, check_same_dim, lengths_or_full)
 from recon_fast.ops.gather_points import gather_points
 
 
 class KNN(NamedTuple):
     """Result of :func:`knn`: distances (B, M, k), indices (B, M, k) and, if asked, the
-    neighbour coordinates (B, M, k, 3)."""
+    neighbour coordinates (B, M, k, D)."""
 
     dists: torch.Tensor
     idx: torch.Tensor
@@ -57,20 +57,22 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int,
     """The `k` nearest `points` of every `query` point.
 
     Args:
-        query: (B, M, 3) query points; points: (B, N, 3) candidates (same dtype and device).
+        query: (B, M, D) query points; points: (B, N, D) candidates (same dtype, device and
+            point dimension, any D >= 1; D = 3 has the fastest kernels).
         k: number of neighbours, 1 <= k <= N.
         query_lengths, point_lengths: optional (B,) valid sizes of padded clouds.
         norm: 2 for squared Euclidean distances, 1 for L1 distances.
-        return_nn: also gather the neighbour coordinates (B, M, k, 3).
+        return_nn: also gather the neighbour coordinates (B, M, k, D).
 
     Returns:
         KNN(dists, idx, knn): neighbours sorted by distance, ties to the lowest index. Missing
         neighbours (k > point_lengths[b]) and padded queries get idx -1 and distance 0.
         `dists` is differentiable w.r.t. `query` and `points`.
     """
-    check_points(query, "query")
-    check_points(points, "points")
+    check_points(query, "query", any_dim=True)
+    check_points(points, "points", any_dim=True)
     check_pair(query, "query", points, "points")
+    check_same_dim(query, "query", points, "points")
     if norm not in (1, 2):
         raise ValueError(f"norm must be 1 (L1) or 2 (squared L2), got {norm!r}")
     N = points.shape[1]

@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 
 from recon_fast.ops._validation import (FLOAT_DTYPES, as_int, is_int, check_count, check_pair,
-                                        check_points, data_checks_enabled, describe,
+                                        check_points, check_same_dim, data_checks_enabled, describe,
                                         length_vector, lengths_or_full)
 
 __all__ = [
     "FLOAT_DTYPES", "accumulation_dtype", "as_int", "is_int", "check_count", "check_pair", "check_points",
+    "check_same_dim",
     "data_checks_enabled", "describe", "length_vector", "lengths_or_full",
 ]
 
