@@ -125,7 +125,6 @@ def test_dgcnn_edge_conv_on_coordinates(device, provider):
     assert_close(x1.grad, x2.grad)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="any-D kNN pending")
 @pytest.mark.parametrize("provider", ["knn_cuda", "pytorch3d"])
 def test_dgcnn_edge_conv_in_feature_space(provider):
     # DGCNN's second and later edge convolutions build the kNN graph on 64-d features.

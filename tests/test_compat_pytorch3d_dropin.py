@@ -8,7 +8,7 @@ import torch
 
 from conftest import assert_close
 from peer_restatement import radius_squared, sq_dists
-from reference import acc_dtype
+from reference import acc_dtype, fps_reference
 from recon_fast.compat import pytorch3d_ops as p3d
 
 
@@ -57,6 +57,24 @@ def test_ball_query_defaults_and_gradient(device):
     (((a[:, :, None] - nn) ** 2).sum(-1) * (got.idx >= 0)).sum().backward()
     assert_close(p1.grad, a.grad)
     assert_close(p2.grad, b.grad)
+
+
+@pytest.mark.parametrize("D", [1, 2, 5, 8])  # pytorch3d's own tests use D = 2, 5, 8
+def test_knn_and_fps_take_points_of_any_dimension(device, D):
+    p1, p2 = torch.rand(2, 15, D), torch.rand(2, 40, D)
+    lengths2 = torch.tensor([40, 9])
+    got = p3d.knn_points(p1.to(device), p2.to(device), lengths2=lengths2.to(device), K=12,
+                         return_nn=True)
+    d = sq_dists(p1, p2).masked_fill(torch.arange(40) >= lengths2[:, None, None], float("inf"))
+    want_d, want_i = torch.sort(d, dim=2, stable=True)
+    missing = torch.arange(12) >= lengths2[:, None, None]  # pytorch3d pads with index 0, dist 0
+    assert torch.equal(got.idx.cpu(), want_i[..., :12].masked_fill(missing, 0))
+    assert_close(got.dists.cpu(), want_d[..., :12].masked_fill(missing, 0))
+    assert got.knn.shape == (2, 15, 12, D)
+    points, idx = p3d.sample_farthest_points(p2.to(device), lengths2.to(device), K=6)
+    want = fps_reference(p2, 6, lengths2)
+    assert torch.equal(idx.cpu(), want)
+    assert torch.equal(points.cpu(), torch.stack([p2[n][want[n]] for n in range(2)]))
 
 
 @pytest.mark.parametrize("D", [1, 2])
@@ -130,9 +148,7 @@ def test_errors_start_with_pytorch3d_text(call, text):
     assert "'shape" not in message  # tensor descriptions are not printed inside quotes
 
 
-def test_more_than_three_dimensions_is_refused_with_the_reason():
+def test_chamfer_over_more_than_three_dimensions_is_refused_with_the_reason():
     p = torch.rand(2, 10, 5)
-    for call in (lambda: p3d.knn_points(p, p), lambda: p3d.sample_farthest_points(p, K=3),
-                 lambda: p3d.chamfer_distance(p, p)):
-        with pytest.raises(ValueError, match="D = 5.*more than 3 dimensions are pending"):
-            call()
+    with pytest.raises(ValueError, match="D = 5.*Chamfer over more than 3 dimensions"):
+        p3d.chamfer_distance(p, p)

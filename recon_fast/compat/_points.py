@@ -1,4 +1,5 @@
-"""Helpers the shims share: point clouds of dimension D <= 3 as xyz, flat batches as padded."""
+"""Helpers the shims share: point clouds of dimension D <= 3 as xyz (for Chamfer), flat batches as
+padded."""
 
 from __future__ import annotations
 
@@ -6,20 +7,20 @@ import torch
 
 from recon_fast.ops.validate import describe
 
-ANY_D_PENDING = ("kNN and farthest point sampling over more than 3 dimensions are pending "
-                 "(the kernels are specialised for xyz)")
+CHAMFER_3D_ONLY = ("Chamfer over more than 3 dimensions is not supported (the Chamfer kernels "
+                   "are specialised for xyz; kNN and farthest point sampling take any D)")
 
 
 def as_xyz(points: torch.Tensor, name: str) -> torch.Tensor:
     """(..., D) points with D <= 3 as (..., 3), zero-padded: the added coordinates are 0 for every
-    point, so distances (and hence neighbours, samples and ties) are exactly those in D
-    dimensions. D > 3 raises ValueError."""
+    point, so distances (and hence neighbours and ties) are exactly those in D dimensions. Used
+    where a kernel takes xyz only (Chamfer); D > 3 raises ValueError."""
     D = points.shape[-1]
     if D == 3:
         return points
     if D == 0 or D > 3:
         raise ValueError(f"{name} has points of dimension D = {D} ({describe(points)}); "
-                         f"D must be 1, 2 or 3: {ANY_D_PENDING}")
+                         f"D must be 1, 2 or 3: {CHAMFER_3D_ONLY}")
     return torch.cat([points, points.new_zeros((*points.shape[:-1], 3 - D))], dim=-1)
 
 

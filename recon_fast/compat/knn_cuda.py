@@ -17,8 +17,7 @@ Where it differs, and why:
 
 - CPU and CUDA tensors in any float dtype (the original: CUDA only, computing in float32).
   ``dist`` is float32 as in the original, float64 for float64 input (not rounded down).
-- D must be 1, 2 or 3 (smaller D is zero-padded, which keeps every distance exact); the
-  original takes any D. D > 3 raises ``ValueError`` until the kNN kernel takes any dimension.
+- Any point dimension D >= 1, as the original (D = 3 runs the fastest kernels).
 - ``k`` larger than N raises ``ValueError`` (the original reads past its distance matrix).
 - Exact ties go to the lowest index, as the original's insertion sort does for equal distances
   computed in the same order.
@@ -29,7 +28,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recon_fast.compat._points import as_xyz
 from recon_fast.ops import knn as ops_knn
 from recon_fast.ops.validate import FLOAT_DTYPES, accumulation_dtype, check_count, describe
 
@@ -52,7 +50,7 @@ def _nearest(ref: torch.Tensor, query: torch.Tensor, k: int):
         raise ValueError(f"ref is empty ({describe(ref)}): there are no neighbours to find")
     out_dtype = accumulation_dtype(ref.dtype)
     with torch.no_grad():
-        found = ops_knn(as_xyz(query.to(out_dtype), "query"), as_xyz(ref.to(out_dtype), "ref"), k)
+        found = ops_knn(query.to(out_dtype), ref.to(out_dtype), k)
         return found.dists.sqrt(), found.idx
 
 

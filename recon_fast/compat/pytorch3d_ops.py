@@ -11,10 +11,12 @@ by the argument and the value seen.
 
 Differences, mostly in the direction of accepting more:
 
-- ``ball_query`` takes any D. ``knn_points``, ``sample_farthest_points`` and
-  ``chamfer_distance`` take D = 1, 2 or 3: smaller D is zero-padded to 3, which keeps every
-  distance exact; D > 3 raises ``ValueError`` until the kNN/FPS/Chamfer kernels take any
-  dimension (pytorch3d takes any D). ``knn_gather`` gathers features of any width.
+- ``knn_points``, ``sample_farthest_points`` and ``ball_query`` take any D >= 1, as pytorch3d
+  (D = 3 runs the fastest kernels). ``chamfer_distance`` takes D = 1, 2 or 3 only: smaller D is
+  zero-padded to 3, which keeps every distance exact, and D > 3 raises ``ValueError`` because
+  the Chamfer kernels are specialised for xyz (pytorch3d takes any D; ``knn_points`` with
+  ``K=1`` both ways gives the same nearest neighbours in any D). ``knn_gather`` gathers features
+  of any width.
 - float16/bfloat16/float64 are accepted (pytorch3d: float32; its farthest point sampling
   casts everything to float32). Outputs keep the input dtype, except ``chamfer_distance``,
   which computes and returns half inputs in float32.
@@ -56,7 +58,7 @@ _KNN.__doc__ = ("knn_points result: dists (N, P1, K), idx (N, P1, K) int64, "
 # --------------------------------------------------------------------------------------------
 
 def _check_same_layout(p1, p2) -> None:
-    """pytorch3d's own shape checks come first, then ours (D must be 3)."""
+    """pytorch3d's own shape checks come first, then ours."""
     for name, t in (("p1", p1), ("p2", p2)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
             seen = describe(t) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -85,7 +87,8 @@ def knn_points(p1: torch.Tensor, p2: torch.Tensor, lengths1: Optional[torch.Tens
     """The K nearest neighbours in ``p2`` of every point of ``p1``, as pytorch3d's knn_points.
 
     Args:
-        p1: (N, P1, 3) query clouds; p2: (N, P2, 3) candidate clouds, same dtype and device.
+        p1: (N, P1, D) query clouds; p2: (N, P2, D) candidate clouds, same dtype, device and
+            point dimension D >= 1.
         lengths1, lengths2: optional (N,) valid sizes of the padded clouds.
         norm: 2 for squared Euclidean distances, 1 for L1 distances.
         K: number of neighbours, K >= 1; K may exceed P2.
@@ -95,15 +98,14 @@ def knn_points(p1: torch.Tensor, p2: torch.Tensor, lengths1: Optional[torch.Tens
 
     Returns:
         KNN(dists, idx, knn): dists (N, P1, K) differentiable w.r.t. p1 and p2; idx (N, P1, K)
-        int64; knn (N, P1, K, 3) or None. Slots with k >= lengths2[n] and rows with
+        int64; knn (N, P1, K, D) or None. Slots with k >= lengths2[n] and rows with
         i >= lengths1[n] hold distance 0 and index 0 (pytorch3d's padding, not -1).
     """
     _check_same_layout(p1, p2)
     if norm not in (1, 2):
         raise ValueError(_NORM_ERROR.format(norm=norm))
-    p1_xyz, p2_xyz = as_xyz(p1, "p1"), as_xyz(p2, "p2")
-    check_points(p1_xyz, "p1")
-    check_points(p2_xyz, "p2")
+    check_points(p1, "p1", any_dim=True)
+    check_points(p2, "p2", any_dim=True)
     check_pair(p1, "p1", p2, "p2")
     K = int(K) if isinstance(K, np.integer) else K
     if isinstance(K, bool) or not isinstance(K, int) or K < 1:
@@ -118,7 +120,7 @@ def knn_points(p1: torch.Tensor, p2: torch.Tensor, lengths1: Optional[torch.Tens
         dists = (p1.sum(2, keepdim=True) * 0).expand(N, P1, K).contiguous()
         idx = torch.zeros(N, P1, K, dtype=torch.int64, device=p1.device)
     else:
-        found = knn(p1_xyz, p2_xyz, min(K, P2), lengths1, lengths2, norm=norm)
+        found = knn(p1, p2, min(K, P2), lengths1, lengths2, norm=norm)
         dists = _pad_last(found.dists, K)  # (N, P1, K)
         idx = _pad_last(found.idx, K).clamp_min(0)  # pytorch3d pads indices with 0
     nn = knn_gather(p2, idx, lengths2) if return_nn else None
@@ -228,14 +230,14 @@ def sample_farthest_points(points: torch.Tensor, lengths: Optional[torch.Tensor]
     """Farthest point sampling with pytorch3d's padding rules.
 
     Args:
-        points: (N, P, 3) clouds.
+        points: (N, P, D) clouds, any D >= 1.
         lengths: optional (N,) valid sizes of the padded clouds.
         K: samples per cloud: an int (may exceed P), or a list / (N,) tensor of per-cloud counts.
         random_start_point: start each cloud at a random valid point (drawn from torch's RNG as
             pytorch3d does) instead of index 0.
 
     Returns:
-        selected_points: (N, max K, 3), zero rows where the index is -1; differentiable
+        selected_points: (N, max K, D), zero rows where the index is -1; differentiable
             w.r.t. ``points``; same dtype as ``points``.
         selected_indices: (N, max K) int64. Cloud n holds min(K[n], lengths[n]) samples, each
             maximising the squared distance to those before (ties to the lowest index), then -1.
@@ -246,7 +248,7 @@ def sample_farthest_points(points: torch.Tensor, lengths: Optional[torch.Tensor]
         seen = describe(points) if isinstance(points, torch.Tensor) else type(points).__name__
         raise ValueError(f"points must have shape (N, P, D), got {seen}")
     N, P, D = points.shape
-    xyz = as_xyz(points, "points")
+    check_points(points, "points", any_dim=True)
     constant_length = lengths is None
     lengths = None if lengths is None else torch.as_tensor(lengths)
     if lengths is not None and lengths.shape != (N,):
@@ -263,7 +265,7 @@ def sample_farthest_points(points: torch.Tensor, lengths: Optional[torch.Tensor]
                          f"got {describe(points)}")
     start = _start_indices(lengths, P, random_start_point, constant_length)
 
-    idx = fps(xyz, min(max_count, P), lengths, start_idx=start)  # (N, min(max K, P))
+    idx = fps(points, min(max_count, P), lengths, start_idx=start)  # (N, min(max K, P))
     idx = torch.cat([idx, idx.new_full((N, max_count - idx.shape[1]), -1)], dim=1)
     slot = torch.arange(max_count, device=points.device)[None, :]
     idx = idx.masked_fill(slot >= counts[:, None], -1)  # (N, max K)

@@ -23,9 +23,8 @@ results are global indices and (2, E) edge lists, as in torch_cluster:
 
 Where it differs, and why:
 
-- Points must have F <= 3 coordinates for ``fps``, ``knn`` and ``knn_graph``: smaller F is
-  zero-padded to 3 (exact: the added coordinates are 0 everywhere); F > 3 raises ``ValueError``
-  until the kNN/FPS kernels take any dimension. ``radius``/``radius_graph`` take any F.
+- Points may have any number F >= 1 of coordinates, as in torch_cluster (F = 3 runs the
+  fastest kNN/FPS kernels).
 - Ties go to the lowest index (torch_cluster's kd-tree and CUDA kernels may order them
   otherwise). ``radius`` keeps the first neighbours in index order, like torch_cluster's CUDA
   kernel; its CPU kd-tree returns them in tree order (the docstring says "picked randomly").
@@ -48,7 +47,7 @@ from typing import List, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from recon_fast.compat._points import as_xyz, batch_pointers, pad_flat, pointers_from_ptr
+from recon_fast.compat._points import batch_pointers, pad_flat, pointers_from_ptr
 from recon_fast.ops import ball_query, fps as ops_fps, knn as ops_knn
 from recon_fast.ops.validate import FLOAT_DTYPES, accumulation_dtype, check_count, describe
 
@@ -129,8 +128,8 @@ def knn(x: torch.Tensor, y: torch.Tensor, k: int, batch_x: Optional[torch.Tensor
     ptr_x, ptr_y = _paired_batches(x, y, batch_x, batch_y, batch_size)
     if cosine:
         x, y = _unit(x), _unit(y)
-    px, lx, _ = pad_flat(as_xyz(x, "x"), ptr_x)
-    py, ly, _ = pad_flat(as_xyz(y, "y"), ptr_y)
+    px, lx, _ = pad_flat(x, ptr_x)
+    py, ly, _ = pad_flat(y, ptr_y)
     if px.shape[1] == 0:
         return torch.empty(2, 0, dtype=torch.long, device=x.device)
     found = ops_knn(py, px, min(k, px.shape[1]), ly, lx)
@@ -239,7 +238,7 @@ def fps(src: torch.Tensor, batch: Optional[torch.Tensor] = None,
     """Farthest point sampling of ``ceil(ratio * n_b)`` points per example.
 
     Args:
-        src: (N, F) points, F <= 3; batch: sorted (N,) example of each point, or ``ptr``:
+        src: (N, F) points, any F >= 1; batch: sorted (N,) example of each point, or ``ptr``:
             (B + 1,) offsets; ratio: float or (B,) tensor in (0, 1], default 0.5;
         random_start: start at a random point of each example instead of its first.
 
@@ -253,7 +252,7 @@ def fps(src: torch.Tensor, batch: Optional[torch.Tensor] = None,
         ptr_vec = pointers_from_ptr(ptr, N, src.device)
     else:
         ptr_vec = batch_pointers(batch, N, batch_size, "batch", src.device)
-    padded, lengths, _ = pad_flat(as_xyz(src, "src"), ptr_vec)
+    padded, lengths, _ = pad_flat(src, ptr_vec)
     counts = torch.minimum(_sample_counts(ratio, lengths, src.dtype), lengths)
     B = lengths.numel()
     if B == 0 or N == 0:
