@@ -1,6 +1,7 @@
 // Farthest point sampling in any point dimension D >= 1: the general path of the fps op, taken
-// for every D but 3 (fps_cpu.cpp and fps_cuda.cu keep the 3-D kernels and dispatch on D at their
-// entry). Same semantics as fps.h; squared distances and norms are summed over d = 0, ..., D - 1
+// for D > 3 (fps_cpu.cpp and fps_cuda.cu dispatch on D at their entry: D = 3 keeps its kernels,
+// and D = 1, 2 run them on zero-padded points, see common/pad_points.h). The kernel takes any
+// D >= 1 all the same. Same semantics as fps.h; squared distances and norms are summed over d = 0, ..., D - 1
 // in that order.
 #pragma once
 

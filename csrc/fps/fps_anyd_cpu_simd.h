@@ -4,7 +4,8 @@
 // Brute force over a blocked cloud (common/blocked_cloud_simd.h): one pass per sample lowers the
 // running minimum distances a vector of points at a time and tracks a per-lane argmax (lanes see
 // increasing indices, so strict `>` keeps each lane's lowest index and the cross-lane reduction
-// breaks ties by index), exactly as the 3-D brute force does.
+// breaks ties by index), exactly as the 3-D brute force does. The op runs it for D > 3 (D = 1, 2
+// take the 3-D kernels on zero-padded points).
 #include "common/cpu_simd.h"
 #include "common/blocked_cloud_simd.h"
 
@@ -106,13 +107,7 @@ void fps_anyd_cpu_kernel(const at::Tensor& xyz, const std::vector<int64_t>& lens
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* cloud = data + b * N * D;
         int64_t* cloud_out = out + b * m;
-        if (D == 1) {
-          fps_anyd_cloud<1>(cloud, lens[b], D, starts[b], m, min_norm_sq, cloud_out);
-        } else if (D == 2) {
-          fps_anyd_cloud<2>(cloud, lens[b], D, starts[b], m, min_norm_sq, cloud_out);
-        } else {
-          fps_anyd_cloud<0>(cloud, lens[b], D, starts[b], m, min_norm_sq, cloud_out);
-        }
+        fps_anyd_cloud<0>(cloud, lens[b], D, starts[b], m, min_norm_sq, cloud_out);
       }
     });
   });

@@ -16,6 +16,7 @@
 #include "common/checks.h"
 #include "common/cpu_utils.h"
 #include "common/kdtree.h"
+#include "common/pad_points.h"
 
 #define RECON_FAST_SIMD_BODY "fps/fps_cpu_simd.h"
 #include "common/cpu_multiversion.h"
@@ -36,7 +37,7 @@ void check_fps_args(const at::Tensor& xyz, const at::Tensor& lengths, int64_t m,
 at::Tensor fps_cpu(const at::Tensor& xyz_in, const at::Tensor& lengths, int64_t m,
                    const at::Tensor& start_idx, double min_norm_sq) {
   check_fps_args(xyz_in, lengths, m, start_idx);
-  const at::Tensor xyz = xyz_in.contiguous();
+  const at::Tensor xyz = pad_points_to_3d(xyz_in.contiguous());  // D = 1, 2: exact, 3-D kernels
   const int64_t B = xyz.size(0), N = xyz.size(1);
   const std::vector<int64_t> lens = read_lengths(lengths, N, "lengths");
   const std::vector<int64_t> starts = read_lengths(start_idx, N, "start_idx");
@@ -46,7 +47,7 @@ at::Tensor fps_cpu(const at::Tensor& xyz_in, const at::Tensor& lengths, int64_t 
   }
   at::Tensor idx = at::empty({B, m}, xyz.options().dtype(at::kLong));
   if (B == 0 || m == 0) return idx;
-  if (xyz.size(2) != 3) {  // any other dimension: the general kernel (fps_anyd.h)
+  if (xyz.size(2) != 3) {  // D > 3: the general kernel (fps_anyd.h)
     fps_anyd_cpu(xyz, lens, starts, m, min_norm_sq, idx);
     return idx;
   }

@@ -30,6 +30,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/pad_points.h"
 #include "fps/fps.h"
 #include "fps/fps_anyd.h"
 #include "fps/fps_plan.h"
@@ -322,14 +323,15 @@ at::Tensor fps_cuda(const at::Tensor& xyz_in, const at::Tensor& lengths_in, int6
                     const at::Tensor& start_idx_in, double min_norm_sq) {
   check_fps_args(xyz_in, lengths_in, m, start_idx_in);
   const c10::cuda::CUDAGuard guard(xyz_in.device());
-  const at::Tensor xyz = xyz_in.contiguous(), lengths = lengths_in.contiguous(),
+  // D = 1, 2 run the 3-D kernels on zero-padded points (exact, common/pad_points.h).
+  const at::Tensor xyz = pad_points_to_3d(xyz_in.contiguous()), lengths = lengths_in.contiguous(),
                    start_idx = start_idx_in.contiguous();
   const int64_t B = xyz.size(0), N = xyz.size(1);
   TORCH_CHECK_VALUE(N <= std::numeric_limits<int32_t>::max(), "fps: xyz has ", N,
                     " points per cloud; at most 2^31 - 1 are supported");
   at::Tensor idx = at::empty({B, m}, xyz.options().dtype(at::kLong));
   if (B == 0 || m == 0) return idx;
-  if (xyz.size(2) != 3) {  // any other dimension: the general kernel (fps_anyd_cuda.cu)
+  if (xyz.size(2) != 3) {  // D > 3: the general kernel (fps_anyd_cuda.cu)
     fps_anyd_cuda(xyz, lengths, m, start_idx, min_norm_sq, idx);
     return idx;
   }

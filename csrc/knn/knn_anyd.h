@@ -1,6 +1,7 @@
 // k nearest neighbours in any point dimension D >= 1: the general path of the knn op, taken for
-// every D but 3 (knn_cpu.cpp and knn_cuda.cu keep the 3-D kernels and dispatch on D at their
-// entry). Same semantics as knn.h: (distance, index) order, squared L2 or L1 distances summed
+// D > 3 (knn_cpu.cpp and knn_cuda.cu dispatch on D at their entry: D = 3 keeps its kernels, and
+// D = 1, 2 run them on zero-padded points, see common/pad_points.h). The kernels take any D >= 1
+// all the same. Same semantics as knn.h: (distance, index) order, squared L2 or L1 distances summed
 // over d = 0, 1, ..., D - 1 in that order, padding idx -1 and dist 0.
 #pragma once
 

@@ -5,7 +5,8 @@
 // cloud is scored against each block of W points at once, so every point vector loaded serves
 // the whole group; only lanes that beat a query's current k-th best reach its sorted list. Points
 // are visited in index order, so a strict `<` against the k-th best and insertion after equal
-// distances give the (distance, index) order of the 3-D kernels.
+// distances give the (distance, index) order of the 3-D kernels. The op runs it for D > 3 (D = 1, 2
+// take the 3-D kernels on zero-padded points).
 #include "common/cpu_simd.h"
 #include "common/blocked_cloud_simd.h"
 
@@ -13,8 +14,18 @@ namespace recon_fast {
 namespace CPU_CAPABILITY {
 namespace {
 
-// Queries scored together against each loaded block of points.
-constexpr int kQueryGroup = 4;
+// Queries scored together against each loaded block of points: one accumulator vector each,
+// independent chains that hide the add latency (8 fit in AVX-512's 32 registers).
+constexpr int kQueryGroup = 2 * kRegisterBlocks;
+
+// Bit l set when lane l of a comparison is: the admitted lanes are then visited with
+// count-trailing-zeros instead of one unpredictable branch per lane.
+template <typename M>
+inline uint32_t lane_bits(const M& mask, int width) {
+  uint32_t bits = 0;
+  for (int l = 0; l < width; ++l) bits |= (mask[l] ? 1u : 0u) << l;
+  return bits;
+}
 
 // The k best (distance, index) pairs seen so far, sorted; equal distances in arrival order.
 template <typename T>
@@ -48,10 +59,11 @@ void scan_cloud(const BlockedCloud<T>& cloud, const T* q, SortedNeighbors<T>* li
     block_dists<Norm, kDim, G, T>(cloud.block(blk), q, cloud.dim, acc);
     for (int g = 0; g < G; ++g) {
       // Padding lanes hold NaN coordinates: their distance is NaN and never passes.
-      const auto pass = acc[g] < simd_splat<T>(lists[g].worst());
-      if (!simd_any(pass)) continue;
-      for (int l = 0; l < W; ++l) {
-        if (pass[l] && acc[g][l] < lists[g].worst()) lists[g].insert(acc[g][l], blk * W + l);
+      uint32_t pass = lane_bits(acc[g] < simd_splat<T>(lists[g].worst()), W);
+      while (pass != 0) {
+        const int l = __builtin_ctz(pass);
+        pass &= pass - 1;
+        if (acc[g][l] < lists[g].worst()) lists[g].insert(acc[g][l], blk * W + l);
       }
     }
   }
@@ -108,17 +120,6 @@ void knn_anyd_impl(const at::Tensor& query, const at::Tensor& points,
   });
 }
 
-template <typename scalar_t, int Norm>
-void knn_anyd_dim(const at::Tensor& query, const at::Tensor& points,
-                  const std::vector<int64_t>& qlens, const std::vector<int64_t>& plens, int64_t k,
-                  at::Tensor& dist, at::Tensor& idx) {
-  switch (query.size(2)) {
-    case 1: return knn_anyd_impl<scalar_t, Norm, 1>(query, points, qlens, plens, k, dist, idx);
-    case 2: return knn_anyd_impl<scalar_t, Norm, 2>(query, points, qlens, plens, k, dist, idx);
-    default: return knn_anyd_impl<scalar_t, Norm, 0>(query, points, qlens, plens, k, dist, idx);
-  }
-}
-
 }  // namespace
 
 void knn_anyd_cpu_kernel(const at::Tensor& query, const at::Tensor& points,
@@ -127,9 +128,9 @@ void knn_anyd_cpu_kernel(const at::Tensor& query, const at::Tensor& points,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "knn_anyd_cpu",
                                   [&] {
     if (norm == 2) {
-      knn_anyd_dim<scalar_t, 2>(query, points, qlens, plens, k, dist, idx);
+      knn_anyd_impl<scalar_t, 2, 0>(query, points, qlens, plens, k, dist, idx);
     } else {
-      knn_anyd_dim<scalar_t, 1>(query, points, qlens, plens, k, dist, idx);
+      knn_anyd_impl<scalar_t, 1, 0>(query, points, qlens, plens, k, dist, idx);
     }
   });
 }

@@ -54,7 +54,8 @@ __device__ __forceinline__ T coordinate_term(T diff) {
   }
 }
 
-// kChunk: coordinates staged per round (D rounded up to a power of two, at most 16).
+// kChunk: coordinates staged per round (4, 8 or 16: D rounded up to a power of two, at most 16;
+// the op runs this kernel for D > 3).
 template <typename scalar_t, int Norm, int kChunk>
 __global__ void __launch_bounds__(kQueriesPerBlock) knn_anyd_kernel(const KnnAnyDParams<scalar_t> p) {
   using T = acc_t<scalar_t>;
@@ -140,11 +141,7 @@ template <typename scalar_t, int Norm>
 void launch_knn_anyd(const KnnAnyDParams<scalar_t>& params, cudaStream_t stream) {
   const unsigned grid = cuda::checked_grid(
       params.B * cuda::ceil_div(params.M, kQueriesPerBlock), "knn");
-  if (params.D <= 1) {
-    knn_anyd_kernel<scalar_t, Norm, 1><<<grid, kQueriesPerBlock, 0, stream>>>(params);
-  } else if (params.D == 2) {
-    knn_anyd_kernel<scalar_t, Norm, 2><<<grid, kQueriesPerBlock, 0, stream>>>(params);
-  } else if (params.D <= 4) {
+  if (params.D <= 4) {
     knn_anyd_kernel<scalar_t, Norm, 4><<<grid, kQueriesPerBlock, 0, stream>>>(params);
   } else if (params.D <= 8) {
     knn_anyd_kernel<scalar_t, Norm, 8><<<grid, kQueriesPerBlock, 0, stream>>>(params);

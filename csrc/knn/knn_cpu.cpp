@@ -18,6 +18,7 @@
 #include "common/cpu_utils.h"
 #include "common/kdtree.h"
 #include "common/morton.h"
+#include "common/pad_points.h"
 #include "common/neighbor_grad.h"
 
 #define RECON_FAST_SIMD_BODY "knn/knn_cpu_simd.h"
@@ -46,14 +47,16 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query_in, const at:
                                            const at::Tensor& point_lengths, int64_t k,
                                            int64_t norm) {
   check_knn_args(query_in, points_in, query_lengths, point_lengths, k, norm);
-  const at::Tensor query = query_in.contiguous(), points = points_in.contiguous();
+  // D = 1, 2 run the 3-D kernels on zero-padded points (exact, common/pad_points.h).
+  const at::Tensor query = pad_points_to_3d(query_in.contiguous()),
+                   points = pad_points_to_3d(points_in.contiguous());
   const int64_t B = query.size(0), M = query.size(1);
   const std::vector<int64_t> qlens = read_lengths(query_lengths, M, "query_lengths");
   const std::vector<int64_t> plens = read_lengths(point_lengths, points.size(1), "point_lengths");
   at::Tensor dist = at::empty({B, M, k}, query.options());
   at::Tensor idx = at::empty({B, M, k}, query.options().dtype(at::kLong));
   if (B == 0 || M == 0) return {dist, idx};
-  if (query.size(2) != 3) {  // any other dimension: the general kernels (knn_anyd.h)
+  if (query.size(2) != 3) {  // D > 3: the general kernels (knn_anyd.h)
     knn_anyd_cpu(query, points, qlens, plens, k, norm, dist, idx);
     return {dist, idx};
   }

@@ -28,6 +28,7 @@
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
+#include "common/pad_points.h"
 #include "knn/knn.h"
 #include "knn/knn_anyd.h"
 
@@ -242,7 +243,9 @@ std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& query_in, const at
                                             int64_t norm) {
   check_knn_args(query_in, points_in, query_lengths_in, point_lengths_in, k, norm);
   const c10::cuda::CUDAGuard guard(query_in.device());
-  const at::Tensor query = query_in.contiguous(), points = points_in.contiguous(),
+  // D = 1, 2 run the 3-D kernels on zero-padded points (exact, common/pad_points.h).
+  const at::Tensor query = pad_points_to_3d(query_in.contiguous()),
+                   points = pad_points_to_3d(points_in.contiguous()),
                    query_lengths = query_lengths_in.contiguous(),
                    point_lengths = point_lengths_in.contiguous();
   const int64_t B = query.size(0), M = query.size(1), N = points.size(1);
@@ -251,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& query_in, const at
   at::Tensor dist = at::empty({B, M, k}, query.options());
   at::Tensor idx = at::empty({B, M, k}, query.options().dtype(at::kLong));
   if (B == 0 || M == 0) return {dist, idx};
-  if (query.size(2) != 3) {  // any other dimension: the general kernels (knn_anyd_cuda.cu)
+  if (query.size(2) != 3) {  // D > 3: the general kernels (knn_anyd_cuda.cu)
     knn_anyd_cuda(query, points, query_lengths, point_lengths, k, norm, dist, idx);
     return {dist, idx};
   }
