@@ -44,6 +44,13 @@ def svm_accuracy(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
 def svm_accuracy_of_pretrained(pretrain_model: torch.nn.Module, config, opts, device) -> float:
     """SVM accuracy of a pretraining model's encoder on config.dataset.extra_train/extra_val
     (with BatchNorm statistics recomputed on extra_train first when config.run.precise_bn)."""
+    return svm_accuracies_of_pretrained({"model": pretrain_model}, config, opts, device)["model"]
+
+
+def svm_accuracies_of_pretrained(models: dict[str, torch.nn.Module], config, opts,
+                                 device) -> dict[str, float]:
+    """name -> SVM accuracy of each pretraining model's encoder, all measured the same way on
+    the same extra_train/extra_val clouds (datasets built once)."""
     from recon_fast.data import dataset_from_config
     from recon_fast.model import build_model
     from recon_fast.model.checkpoint import unwrap
@@ -51,7 +58,6 @@ def svm_accuracy_of_pretrained(pretrain_model: torch.nn.Module, config, opts, de
     for split in ("extra_train", "extra_val"):
         if split not in config.dataset:
             raise ValueError(f"validate: 'svm' needs dataset.{split} (a classification set)")
-    extractor = svm_model_like(unwrap(pretrain_model), build_model).to(device)
     loaders = []
     for split in ("extra_train", "extra_val"):
         cfg = config.dataset[split]
@@ -59,11 +65,16 @@ def svm_accuracy_of_pretrained(pretrain_model: torch.nn.Module, config, opts, de
                                       cache_dir=opts.cache_dir, progress=False)
         loaders.append(build_loader(dataset, int(config.total_bs), False, 0, distributed=False))
     npoints = int(config.get("npoints", 1024))
-    if config.get("run", {}).get("precise_bn", False):
-        recompute_bn_statistics(extractor, loaders[0], npoints, device)
-    train = extract_features(extractor, loaders[0], npoints, device)
-    test = extract_features(extractor, loaders[1], npoints, device)
-    return svm_accuracy(train, test)
+    precise_bn = config.get("run", {}).get("precise_bn", False)
+    accuracies = {}
+    for name, pretrain_model in models.items():
+        extractor = svm_model_like(unwrap(pretrain_model), build_model).to(device)
+        if precise_bn:
+            recompute_bn_statistics(extractor, loaders[0], npoints, device)
+        train = extract_features(extractor, loaders[0], npoints, device)
+        test = extract_features(extractor, loaders[1], npoints, device)
+        accuracies[name] = svm_accuracy(train, test)
+    return accuracies
 
 
 def svm_model_like(pretrain_model: torch.nn.Module, build_model) -> torch.nn.Module:

@@ -49,7 +49,7 @@ def run_pretrain(config: Config, opts: RunOptions, *, stop_after_steps: Optional
                                     lambda: pretrain_dataset(config, opts, log.progress))
             loader, sampler = make_loader(dataset, batch_size, train=True, seed=opts.seed,
                                           workers=opts.workers, dist_info=trainer.dist)
-        model = build_model_from_config(config.model, opts).to(trainer.device)
+        model = initial_model(config, opts).to(trainer.device)
         if opts.data is not None:
             targets = packed_targets(dataset, model, opts)
         else:
@@ -74,28 +74,71 @@ def run_pretrain(config: Config, opts: RunOptions, *, stop_after_steps: Optional
                 loss, losses = trainer.model(points, img_feature, text_feature)
             return {"loss": loss, **losses}
 
+        measured: dict = {}
+
         def evaluate(epoch: int) -> Optional[float]:
-            return validate_svm(config, opts, trainer, epoch)
+            return validate_svm(config, opts, trainer, epoch, measured)
 
-        return trainer.fit(loader, sampler, step, evaluate=evaluate,
-                           stop_after_steps=stop_after_steps)
+        summary = trainer.fit(loader, sampler, step, evaluate=evaluate,
+                              stop_after_steps=stop_after_steps)
+        return {**summary, **measured}
 
 
-def validate_svm(config: Config, opts: RunOptions, trainer: Trainer, epoch: int) -> Optional[float]:
+def initial_model(config: Config, opts: RunOptions) -> torch.nn.Module:
+    """The pretraining model at its initialisation, drawn from a generator seeded by opts.seed
+    alone: the same weights whatever ran before it (dataset generation, teacher caches), so the
+    untrained baseline of the SVM check is this run's own starting point, resumed runs included."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(opts.seed)
+        return build_model_from_config(config.model, opts)
+
+
+def validate_svm(config: Config, opts: RunOptions, trainer: Trainer, epoch: int,
+                 measured: dict) -> Optional[float]:
     """config.validate == 'svm': linear-SVM accuracy of the current encoder's features on the
-    extra_train / extra_val classification sets (the official pretraining validation)."""
+    extra_train / extra_val classification sets (the official pretraining validation).
+
+    With config.run.compare_untrained, the last epoch also measures the same architecture at its
+    initialisation (initial_model: same seed, same BatchNorm recompute, same clouds), so the log
+    and results show what pretraining added; both numbers go into `measured`."""
     if config.get("validate", "none") != "svm" or not trainer.dist.main:
         return None
     last = epoch == config.max_epoch
     every = int(config.get("run", {}).get("val_freq", 1))
     if not last and (epoch + 1) % every:
         return None
-    from recon_fast.eval.svm import svm_accuracy_of_pretrained
+    from recon_fast.eval.svm import svm_accuracies_of_pretrained
 
+    models = {"pretrained": trainer.raw_model}
+    if last and config.get("run", {}).get("compare_untrained", False):
+        models["untrained"] = initial_model(config, opts)
     with ops.checks(data=True):  # evaluation reads new data: validate it
-        acc = svm_accuracy_of_pretrained(trainer.raw_model, config, opts, trainer.device)
+        accs = svm_accuracies_of_pretrained(models, config, opts, trainer.device)
+    acc = accs["pretrained"]
     note = " (BatchNorm statistics recomputed on the SVM's training clouds)" \
         if config.get("run", {}).get("precise_bn", False) else ""
-    trainer.logger.info(f"[validation] epoch {epoch + 1}: linear SVM accuracy {acc * 100:.2f}%{note}")
+    where = svm_set_name(config)
+    if "untrained" in accs:
+        untrained = accs["untrained"]
+        trainer.logger.info(
+            f"[validation] epoch {epoch + 1}: linear SVM accuracy on {where}: pretrained "
+            f"{acc * 100:.2f}% vs untrained {untrained * 100:.2f}% (margin "
+            f"{(acc - untrained) * 100:+.2f} points; untrained: the same model at its seed-"
+            f"{opts.seed} initialisation){note}")
+        measured["learning_signal"] = {"set": where, "pretrained": acc, "untrained": untrained,
+                                       "margin": acc - untrained}
+        measured["svm_accuracy_untrained"] = untrained
+        trainer.logger.scalars({"val/svm_acc_untrained_percent": untrained * 100},
+                               trainer.global_step)
+    else:
+        trainer.logger.info(f"[validation] epoch {epoch + 1}: linear SVM accuracy on {where} "
+                            f"{acc * 100:.2f}%{note}")
+    measured["svm_accuracy"] = acc
     trainer.logger.scalars({"val/svm_acc_percent": acc * 100}, trainer.global_step)
     return acc
+
+
+def svm_set_name(config: Config) -> str:
+    """"EmbeddedProbe/test" and the like: the set the SVM check scores."""
+    val = config.dataset.extra_val
+    return f"{val._base_.get('NAME', '?')}/{val.get('others', {}).get('subset', '?')}"

@@ -18,12 +18,12 @@ from typing import Any, Optional
 RESULTS = "results.json"
 # Summary keys that are metrics (fractions in [0, 1] unless named otherwise).
 METRIC_KEYS = ("best", "last_metric", "val_accuracy", "test_accuracy", "vote", "svm_accuracy",
-               "zero_shot_accuracy", "accuracy", "vote_accuracy", "fewshot_mean_percent",
-               "fewshot_std_percent")
+               "svm_accuracy_untrained", "zero_shot_accuracy", "accuracy", "vote_accuracy",
+               "fewshot_mean_percent", "fewshot_std_percent")
 # Summary keys copied as they are (when present).
 RECORD_KEYS = ("epoch", "global_step", "interrupted", "recompute_bn", "folds", "seed", "seeds",
                "split_sizes", "selected_epoch", "epoch_metrics", "vote_rounds", "rounds", "way",
-               "shot")
+               "shot", "learning_signal")
 
 
 def _data_of(config) -> dict[str, str]:
@@ -98,6 +98,12 @@ def format_results(results: dict[str, Any]) -> list[str]:
     metrics = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in results["metrics"].items()) or "none"
     lines = [head, f"[summary] data: {data}", f"[summary] metrics: {metrics}"]
+    if "learning_signal" in results:  # pretraining's SVM check against the untrained model
+        signal = results["learning_signal"]
+        lines.append(f"[summary] linear SVM accuracy on {signal['set']}: pretrained "
+                     f"{signal['pretrained'] * 100:.2f}% vs untrained "
+                     f"{signal['untrained'] * 100:.2f}% (margin {signal['margin'] * 100:+.2f} "
+                     f"points)")
     where = os.path.join(results["out_dir"], RESULTS)
     sha = results.get("checkpoint_sha256")
     lines.append(f"[summary] checkpoint: {results['checkpoint'] or 'none'}"
