@@ -113,6 +113,24 @@ def test_results_do_not_depend_on_thread_count():
         assert torch.equal(a, b)
 
 
+def test_one_large_cloud_on_one_and_two_threads():
+    # One cloud large enough for the kd-tree's parallel build (and the multi-threaded FPS steps);
+    # an integer grid makes most distances ties, which must still go to the lowest index.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 40, (1, 20000, 3), generator=g).float()
+    q = torch.randint(0, 40, (1, 90, 3), generator=g).float() + 0.5
+    want_fps = fps_reference(x, 300)
+    want_knn = knn_reference(q, x, 12)[1]
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            assert torch.equal(ops.fps(x, 300), want_fps)
+            assert torch.equal(ops.knn(q, x, 12).idx, want_knn)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_build_info_reports_the_path_in_use():
     info = recon_fast.build_info()
     assert info["cpu_capabilities"][0] == "baseline"

@@ -36,32 +36,36 @@ struct KdTree {
   std::vector<Node> nodes;       // nodes[0] is the root (when not empty)
   int32_t leaf_size = 32;
 
-  // Builds over the points `ids` of the cloud (xs, ys, zs are indexed by original index).
+  // Builds over the points `ids` of the cloud (xs, ys, zs are indexed by original index; fewer
+  // than 2^31 points). With several threads and a large cloud (and outside a parallel region) the
+  // subtrees below the top levels are built in parallel: the same leaves and boxes, numbered
+  // differently.
   void build(const T* xs, const T* ys, const T* zs, std::vector<int64_t> ids, int32_t leaf) {
     leaf_size = std::max<int32_t>(leaf, 1);
     nodes.clear();
     const int64_t n = static_cast<int64_t>(ids.size());
+    // Splits keep the order of the points on each side, so leaves come out in index order when
+    // the input is in index order (the kernels pass increasing ids).
+    if (!std::is_sorted(ids.begin(), ids.end())) std::sort(ids.begin(), ids.end());
     index = std::move(ids);
     x.assign(n + kSimdPad, T(0));
     y.assign(n + kSimdPad, T(0));
     z.assign(n + kSimdPad, T(0));
     if (n == 0) return;
-    // Points are partitioned with their coordinates beside them: the median selections then
-    // read memory in order instead of chasing indices into the coordinate arrays.
-    std::vector<Point> pts(n);
+    // Points are moved with their coordinates beside them, between two buffers, one level of
+    // splits per pass: every pass reads and writes memory in order.
+    std::vector<Point> pts(n), spare(n);
     for (int64_t s = 0; s < n; ++s) {
       const int64_t i = index[s];
-      pts[s] = Point{{xs[i], ys[i], zs[i]}, i};
+      pts[s] = Point{{xs[i], ys[i], zs[i]}, static_cast<int32_t>(i)};
     }
     T lo[3], hi[3];
     bounds(pts.data(), 0, static_cast<int32_t>(n), lo, hi);
     nodes.reserve(static_cast<size_t>(4 * n / leaf_size + 4));
-    build_node(pts.data(), 0, static_cast<int32_t>(n), lo, hi);
-    for (int64_t s = 0; s < n; ++s) {
-      x[s] = pts[s].c[0];
-      y[s] = pts[s].c[1];
-      z[s] = pts[s].c[2];
-      index[s] = pts[s].id;
+    if (n >= kParallelMinPoints && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+      build_parallel(pts.data(), spare.data(), static_cast<int32_t>(n), lo, hi);
+    } else {
+      build_node(pts.data(), spare.data(), 0, static_cast<int32_t>(n), lo, hi, nodes);
     }
   }
 
@@ -70,8 +74,25 @@ struct KdTree {
  private:
   struct Point {
     T c[3];
-    int64_t id;
+    int32_t id;
   };
+
+  // A subtree below the top levels, built on its own into its own node list.
+  struct Subtree {
+    Point* src;
+    Point* dst;
+    int32_t begin, end;
+    T lo[3], hi[3];
+    int32_t parent;  // top node whose child it is
+    bool is_left;
+    std::vector<Node> nodes;
+  };
+
+  // Clouds from this size build their subtrees in parallel, 2^kParallelDepth of them (more
+  // subtrees than threads, so a thread that starts late finds the work shared out by then).
+  static constexpr int64_t kParallelMinPoints = 16384;
+  static constexpr int kParallelDepth = 3;
+  static constexpr int kSplitSamples = 31;
 
   static void bounds(const Point* pts, int32_t begin, int32_t end, T* lo, T* hi) {
     for (int a = 0; a < 3; ++a) lo[a] = hi[a] = pts[begin].c[a];
@@ -84,47 +105,197 @@ struct KdTree {
     }
   }
 
-  // Splits at the median of the widest axis of `lo`/`hi`, a box around the node's points (the
-  // parent's box cut at the split): balanced nodes, so a search descends log2(n / leaf) levels.
-  // The boxes stored for pruning are tight: a leaf's from its points, a parent's the union of
-  // its children's, so every face is a point coordinate (what the exactness of the pruning
-  // rests on).
-  int32_t build_node(Point* pts, int32_t begin, int32_t end, const T* lo, const T* hi) {
-    const int32_t id = static_cast<int32_t>(nodes.size());
-    nodes.push_back(Node{});
+  // Where a node splits: on the widest axis of `lo`/`hi` (a box around its points: the parent's
+  // box cut at the split) at about the median, so a search descends about log2(n / leaf)
+  // levels. The value is the median of a strided sample (the exact median only when the sample
+  // leaves a side with under a quarter of the points, which also bounds the depth).
+  struct Split {
+    int axis;
+    T value;
+    int32_t left;        // points going left: all below `value`, then equal ones in order
+    int32_t take_equal;  // how many of the points equal to `value` go left
+    // False only when NaN coordinates (compared false with everything) leave a side empty.
+    bool splits(int32_t n) const { return left > 0 && left < n; }
+  };
+
+  static Split choose_split(const Point* pts, int32_t begin, int32_t end, const T* lo,
+                            const T* hi) {
+    Split split;
+    split.axis = 0;
+    for (int a = 1; a < 3; ++a) {
+      if (hi[a] - lo[a] > hi[split.axis] - lo[split.axis]) split.axis = a;
+    }
+    const int32_t n = end - begin;
+    split.value = sampled_median(pts, begin, end, split.axis);
+    count_split(pts, begin, end, split);
+    if (split.left < n / 4 || n - split.left < n / 4) {
+      split.value = exact_median(pts, begin, end, split.axis);
+      count_split(pts, begin, end, split);
+    }
+    return split;
+  }
+
+  static T sampled_median(const Point* pts, int32_t begin, int32_t end, int axis) {
+    const int64_t n = end - begin;
+    T sample[kSplitSamples];
+    for (int j = 0; j < kSplitSamples; ++j) {
+      sample[j] = pts[begin + (2 * j + 1) * n / (2 * kSplitSamples)].c[axis];
+    }
+    std::nth_element(sample, sample + kSplitSamples / 2, sample + kSplitSamples);
+    return sample[kSplitSamples / 2];
+  }
+
+  static T exact_median(const Point* pts, int32_t begin, int32_t end, int axis) {
+    std::vector<T> values(end - begin);
+    for (int32_t s = begin; s < end; ++s) values[s - begin] = pts[s].c[axis];
+    std::nth_element(values.begin(), values.begin() + values.size() / 2, values.end());
+    return values[values.size() / 2];
+  }
+
+  // Sets how many points go left: every one below the value, and as many equal to it as bring
+  // the left side to half. Both sides are non-empty: the value is a point's coordinate.
+  static void count_split(const Point* pts, int32_t begin, int32_t end, Split& split) {
+    int32_t less = 0, equal = 0;
+    for (int32_t s = begin; s < end; ++s) {
+      const T c = pts[s].c[split.axis];
+      less += c < split.value;
+      equal += c == split.value;
+    }
+    const int32_t half = (end - begin) / 2;
+    split.take_equal = std::max<int32_t>(0, std::min<int32_t>(half - less, equal));
+    split.left = less + split.take_equal;
+  }
+
+  // Moves src[begin, end) to dst, the left side first, each side in its original order. No
+  // data-dependent branch: the side decides only the address (a branch mispredicts on half of
+  // the points).
+  static void move_split(const Point* __restrict src, Point* __restrict dst, int32_t begin,
+                         int32_t end, const Split& split) {
+    int32_t to_left = begin, to_right = begin + split.left, equal_seen = 0;
+    for (int32_t s = begin; s < end; ++s) {
+      const Point p = src[s];
+      const T c = p.c[split.axis];
+      const int32_t is_equal = c == split.value;
+      const int32_t go_left = static_cast<int32_t>(c < split.value) |
+                              (is_equal & static_cast<int32_t>(equal_seen < split.take_equal));
+      equal_seen += is_equal;
+      dst[to_right + ((to_left - to_right) & -go_left)] = p;
+      to_left += go_left;
+      to_right += 1 - go_left;
+    }
+  }
+
+  // A leaf: its points (in index order, see build) go to the permuted arrays. Its box is tight:
+  // every face is a point coordinate, what the exactness of the pruning rests on.
+  Node make_leaf(const Point* pts, int32_t begin, int32_t end) {
     Node node;
     node.begin = begin;
     node.end = end;
     node.left = node.right = -1;
-    if (end - begin <= leaf_size) {
-      // Inside a leaf, slots follow the original index, so a vectorised leaf scan that keeps
-      // the first of equal candidates keeps the lowest index, as brute force does.
-      std::sort(pts + begin, pts + end, [](const Point& a, const Point& b) { return a.id < b.id; });
-      bounds(pts, begin, end, node.lo, node.hi);
-      nodes[id] = node;
-      return id;
+    bounds(pts, begin, end, node.lo, node.hi);
+    for (int32_t s = begin; s < end; ++s) {
+      x[s] = pts[s].c[0];
+      y[s] = pts[s].c[1];
+      z[s] = pts[s].c[2];
+      index[s] = pts[s].id;
     }
-    int axis = 0;
-    for (int a = 1; a < 3; ++a) {
-      if (hi[a] - lo[a] > hi[axis] - lo[axis]) axis = a;
-    }
-    const int32_t mid = begin + (end - begin) / 2;
-    std::nth_element(pts + begin, pts + mid, pts + end,
-                     [axis](const Point& a, const Point& b) { return a.c[axis] < b.c[axis]; });
-    const T split = pts[mid].c[axis];
-    T left_hi[3] = {hi[0], hi[1], hi[2]}, right_lo[3] = {lo[0], lo[1], lo[2]};
-    left_hi[axis] = split;
-    right_lo[axis] = split;
-    node.left = build_node(pts, begin, mid, lo, left_hi);
-    node.right = build_node(pts, mid, end, right_lo, hi);
-    const Node& l = nodes[node.left];
-    const Node& r = nodes[node.right];
+    return node;
+  }
+
+  // A parent's box is the union of its children's (tight as well).
+  static void union_box(Node& node, const Node& l, const Node& r) {
     for (int a = 0; a < 3; ++a) {
       node.lo[a] = l.lo[a] < r.lo[a] ? l.lo[a] : r.lo[a];
       node.hi[a] = l.hi[a] > r.hi[a] ? l.hi[a] : r.hi[a];
     }
-    nodes[id] = node;
+  }
+
+  // Builds the subtree over src[begin, end) (dst: scratch of the same extent) into `out`, its
+  // root first; returns the root's position in `out`.
+  int32_t build_node(Point* src, Point* dst, int32_t begin, int32_t end, const T* lo,
+                     const T* hi, std::vector<Node>& out) {
+    const int32_t id = static_cast<int32_t>(out.size());
+    out.push_back(Node{});
+    if (end - begin <= leaf_size) {
+      out[id] = make_leaf(src, begin, end);
+      return id;
+    }
+    const Split split = choose_split(src, begin, end, lo, hi);
+    if (!split.splits(end - begin)) {  // NaN coordinates (checks off): one larger leaf
+      out[id] = make_leaf(src, begin, end);
+      return id;
+    }
+    move_split(src, dst, begin, end, split);
+    T left_hi[3] = {hi[0], hi[1], hi[2]}, right_lo[3] = {lo[0], lo[1], lo[2]};
+    left_hi[split.axis] = split.value;
+    right_lo[split.axis] = split.value;
+    const int32_t mid = begin + split.left;
+    Node node;
+    node.begin = begin;
+    node.end = end;
+    node.left = build_node(dst, src, begin, mid, lo, left_hi, out);
+    node.right = build_node(dst, src, mid, end, right_lo, hi, out);
+    union_box(node, out[node.left], out[node.right]);
+    out[id] = node;
     return id;
+  }
+
+  // Splits the top kParallelDepth levels here, builds the subtrees below them in parallel, then
+  // appends each subtree's nodes after the top nodes and links them in.
+  void build_parallel(Point* pts, Point* spare, int32_t n, const T* lo, const T* hi) {
+    std::vector<Subtree> subtrees;
+    split_top(pts, spare, 0, n, lo, hi, kParallelDepth, -1, false, subtrees);
+    const int32_t top_nodes = static_cast<int32_t>(nodes.size());
+    parallel_chunks(static_cast<int64_t>(subtrees.size()), 1, [&](int64_t first, int64_t last) {
+      for (int64_t t = first; t < last; ++t) {
+        Subtree& sub = subtrees[t];
+        sub.nodes.reserve(static_cast<size_t>(4 * (sub.end - sub.begin) / leaf_size + 4));
+        build_node(sub.src, sub.dst, sub.begin, sub.end, sub.lo, sub.hi, sub.nodes);
+      }
+    });
+    for (Subtree& sub : subtrees) {
+      const int32_t offset = static_cast<int32_t>(nodes.size());
+      for (Node node : sub.nodes) {
+        if (!node.is_leaf()) {
+          node.left += offset;
+          node.right += offset;
+        }
+        nodes.push_back(node);
+      }
+      if (sub.parent < 0) continue;  // the root itself (not reached from kParallelMinPoints)
+      Node& parent = nodes[sub.parent];
+      (sub.is_left ? parent.left : parent.right) = offset;
+    }
+    // Top nodes were created parent before child: in reverse, children's boxes come first.
+    for (int32_t id = top_nodes - 1; id >= 0; --id) {
+      union_box(nodes[id], nodes[nodes[id].left], nodes[nodes[id].right]);
+    }
+  }
+
+  // The top levels of build_node, leaving the nodes `depth` levels down (or leaves reached
+  // earlier) as subtrees to build.
+  void split_top(Point* src, Point* dst, int32_t begin, int32_t end, const T* lo, const T* hi,
+                 int depth, int32_t parent, bool is_left, std::vector<Subtree>& subtrees) {
+    if (depth > 0 && end - begin > leaf_size) {
+      const Split split = choose_split(src, begin, end, lo, hi);
+      if (split.splits(end - begin)) {
+        const int32_t id = static_cast<int32_t>(nodes.size());
+        nodes.push_back(Node{});
+        nodes[id].begin = begin;
+        nodes[id].end = end;
+        if (parent >= 0) (is_left ? nodes[parent].left : nodes[parent].right) = id;
+        move_split(src, dst, begin, end, split);
+        T left_hi[3] = {hi[0], hi[1], hi[2]}, right_lo[3] = {lo[0], lo[1], lo[2]};
+        left_hi[split.axis] = split.value;
+        right_lo[split.axis] = split.value;
+        const int32_t mid = begin + split.left;
+        split_top(dst, src, begin, mid, lo, left_hi, depth - 1, id, true, subtrees);
+        split_top(dst, src, mid, end, right_lo, hi, depth - 1, id, false, subtrees);
+        return;
+      }
+    }
+    subtrees.push_back(Subtree{src, dst, begin, end, {lo[0], lo[1], lo[2]},
+                               {hi[0], hi[1], hi[2]}, parent, is_left, {}});
   }
 };
 
