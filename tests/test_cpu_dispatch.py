@@ -98,6 +98,18 @@ def test_ragged_clouds_every_path(capability):
     assert torch.equal(idx, fps_reference(x, 5, lengths=xl))
 
 
+def test_knn_every_path_ragged_kd_tree_clouds(capability):
+    # Clouds and query sets of different lengths in the kd-tree path (which searches the queries
+    # in a spatial order of its own): padded queries stay -1, the rest match the reference.
+    q, p = torch.rand(2, 100, 3), torch.rand(2, 5000, 3)
+    ql, pl = torch.tensor([100, 70]), torch.tensor([4500, 5000])
+    got = ops.knn(q, p, 10, ql, pl)
+    want_d, want_i = knn_reference(q, p, 10, ql, pl)
+    assert torch.equal(got.idx, want_i)
+    assert torch.equal(got.dists, want_d)
+    assert (got.idx[1, 70:] == -1).all()
+
+
 def test_results_do_not_depend_on_thread_count():
     x = torch.rand(33, 3000, 3)
     threads = torch.get_num_threads()
