@@ -62,7 +62,7 @@ struct KdTree {
     T lo[3], hi[3];
     bounds(pts.data(), 0, static_cast<int32_t>(n), lo, hi);
     nodes.reserve(static_cast<size_t>(4 * n / leaf_size + 4));
-    if (n >= kParallelMinPoints && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+    if (n >= kParallelMinPoints && at::get_num_threads() > 1 && !in_parallel_work()) {
       build_parallel(pts.data(), spare.data(), static_cast<int32_t>(n), lo, hi);
     } else {
       build_node(pts.data(), spare.data(), 0, static_cast<int32_t>(n), lo, hi, nodes);
