@@ -148,7 +148,50 @@ def test_errors_start_with_pytorch3d_text(call, text):
     assert "'shape" not in message  # tensor descriptions are not printed inside quotes
 
 
-def test_chamfer_over_more_than_three_dimensions_is_refused_with_the_reason():
-    p = torch.rand(2, 10, 5)
-    with pytest.raises(ValueError, match="D = 5.*Chamfer over more than 3 dimensions"):
+def _chamfer_reference(x, y, x_lengths, y_lengths, norm):
+    """pytorch3d's Chamfer restated: per-cloud mean of each point's nearest distance, both ways,
+    over the valid points only, then the batch mean."""
+    total = 0
+    for n in range(x.shape[0]):
+        a, b = x[n, :x_lengths[n]], y[n, :y_lengths[n]]
+        diff = a[:, None, :] - b[None, :, :]
+        d = diff.abs().sum(-1) if norm == 1 else (diff * diff).sum(-1)
+        total = total + d.min(1).values.mean() + d.min(0).values.mean()
+    return total / x.shape[0]
+
+
+@pytest.mark.parametrize("D", [5, 8, 64])
+@pytest.mark.parametrize("norm", [1, 2])
+def test_chamfer_over_more_than_three_dimensions(device, D, norm):
+    x = torch.rand(2, 13, D, dtype=torch.float64, device=device, requires_grad=True)
+    y = torch.rand(2, 21, D, dtype=torch.float64, device=device, requires_grad=True)
+    xl = torch.tensor([13, 7], device=device)
+    yl = torch.tensor([21, 4], device=device)
+    loss, _ = p3d.chamfer_distance(x, y, x_lengths=xl, y_lengths=yl, norm=norm)
+    want = _chamfer_reference(x, y, xl.tolist(), yl.tolist(), norm)
+    assert_close(loss, want)
+    got_grads = torch.autograd.grad(loss, (x, y))
+    want_grads = torch.autograd.grad(want, (x, y))
+    for got, ref in zip(got_grads, want_grads):
+        assert_close(got, ref)
+
+
+def test_chamfer_over_more_than_three_dimensions_keeps_normals_and_empty_clouds():
+    x, y = torch.rand(2, 9, 6), torch.rand(2, 11, 6)
+    nx, ny = torch.randn(2, 9, 6), torch.randn(2, 11, 6)  # normals have the points' shape
+    loss, loss_normals = p3d.chamfer_distance(x, y, x_normals=nx, y_normals=ny)
+    d = sq_dists(x, y)
+    assert_close(loss, (d.min(2).values.mean(1) + d.min(1).values.mean(1)).mean())
+    cos_x = torch.nn.functional.cosine_similarity(
+        nx, torch.stack([ny[n][d[n].argmin(1)] for n in range(2)]), dim=2, eps=1e-6)
+    cos_y = torch.nn.functional.cosine_similarity(
+        ny, torch.stack([nx[n][d[n].argmin(0)] for n in range(2)]), dim=2, eps=1e-6)
+    assert_close(loss_normals, ((1 - cos_x.abs()).mean(1) + (1 - cos_y.abs()).mean(1)).mean())
+    empty, _ = p3d.chamfer_distance(x, y[:, :0])
+    assert empty.item() == 0
+
+
+def test_chamfer_of_zero_dimensional_points_is_refused():
+    p = torch.rand(2, 10, 0)
+    with pytest.raises(ValueError, match="x must have points of dimension D >= 1"):
         p3d.chamfer_distance(p, p)

@@ -7,20 +7,18 @@ import torch
 
 from recon_fast.ops.validate import describe
 
-CHAMFER_3D_ONLY = ("Chamfer over more than 3 dimensions is not supported (the Chamfer kernels "
-                   "are specialised for xyz; kNN and farthest point sampling take any D)")
-
-
 def as_xyz(points: torch.Tensor, name: str) -> torch.Tensor:
-    """(..., D) points with D <= 3 as (..., 3), zero-padded: the added coordinates are 0 for every
-    point, so distances (and hence neighbours and ties) are exactly those in D dimensions. Used
-    where a kernel takes xyz only (Chamfer); D > 3 raises ValueError."""
+    """(..., D) points with 1 <= D <= 3 as (..., 3), zero-padded: the added coordinates are 0 for
+    every point, so distances (and hence neighbours and ties) are exactly those in D dimensions.
+    Used where a kernel takes xyz only (Chamfer); other D raise ValueError."""
     D = points.shape[-1]
     if D == 3:
         return points
-    if D == 0 or D > 3:
+    if D == 0:
+        raise ValueError(f"{name} must have points of dimension D >= 1, got {describe(points)}")
+    if D > 3:
         raise ValueError(f"{name} has points of dimension D = {D} ({describe(points)}); "
-                         f"D must be 1, 2 or 3: {CHAMFER_3D_ONLY}")
+                         f"the xyz kernels take D = 1, 2 or 3")
     return torch.cat([points, points.new_zeros((*points.shape[:-1], 3 - D))], dim=-1)
 
 

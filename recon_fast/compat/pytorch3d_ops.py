@@ -12,11 +12,10 @@ by the argument and the value seen.
 Differences, mostly in the direction of accepting more:
 
 - ``knn_points``, ``sample_farthest_points`` and ``ball_query`` take any D >= 1, as pytorch3d
-  (D = 3 runs the fastest kernels). ``chamfer_distance`` takes D = 1, 2 or 3 only: smaller D is
-  zero-padded to 3, which keeps every distance exact, and D > 3 raises ``ValueError`` because
-  the Chamfer kernels are specialised for xyz (pytorch3d takes any D; ``knn_points`` with
-  ``K=1`` both ways gives the same nearest neighbours in any D). ``knn_gather`` gathers features
-  of any width.
+  (D = 3 runs the fastest kernels). ``chamfer_distance`` takes any D >= 1 too: D = 1, 2 are
+  zero-padded to 3, which keeps every distance exact, and run the Chamfer kernels; D > 3 runs
+  the any-D kNN kernel with K = 1 in both directions, as pytorch3d does for every D.
+  ``knn_gather`` gathers features of any width.
 - float16/bfloat16/float64 are accepted (pytorch3d: float32; its farthest point sampling
   casts everything to float32). Outputs keep the input dtype, except ``chamfer_distance``,
   which computes and returns half inputs in float32.
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from recon_fast.compat._points import as_xyz
 from recon_fast.ops import ball_query as ops_ball_query
 from recon_fast.ops import chamfer, fps, gather_points, knn
+from recon_fast.ops.chamfer import Chamfer
 from recon_fast.ops.validate import check_pair, check_points, describe, lengths_or_full
 
 # pytorch3d's message first (its users' tests match it), then ours with the value seen.
@@ -410,6 +410,20 @@ def _upcast_half(t):
     return t
 
 
+def _nearest_both_ways(x, y, x_lengths, y_lengths, norm: int):
+    """Each point's nearest neighbour in the other cloud, both ways (dist_xy, dist_yx, idx_xy,
+    idx_yx). D <= 3 runs the Chamfer kernels on xyz (zero-padded, exact); D > 3 runs the any-D
+    kNN kernel with K = 1 each way, which gives the same distances, indices and gradients."""
+    if x.shape[2] <= 3:
+        return chamfer(as_xyz(x, "x"), as_xyz(y, "y"), x_lengths, y_lengths, norm=norm)
+    if x.shape[1] == 0 or y.shape[1] == 0:
+        # No pairs at all: every term is a padded 0 whatever the coordinates.
+        return chamfer(x[..., :3], y[..., :3], x_lengths, y_lengths, norm=norm)
+    xy = knn(x, y, 1, x_lengths, y_lengths, norm=norm)
+    yx = knn(y, x, 1, y_lengths, x_lengths, norm=norm)
+    return Chamfer(xy.dists[..., 0], yx.dists[..., 0], xy.idx[..., 0], yx.idx[..., 0])
+
+
 def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_normals=None,
                      weights=None, batch_reduction: Union[str, None] = "mean",
                      point_reduction: Union[str, None] = "mean", norm: int = 2,
@@ -422,7 +436,7 @@ def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_nor
     normal and its neighbour's.
 
     Args:
-        x: (N, P1, 3) tensor or Pointclouds; y: (N, P2, 3) tensor or Pointclouds.
+        x: (N, P1, D) tensor or Pointclouds; y: (N, P2, D) tensor or Pointclouds; any D >= 1.
         x_lengths, y_lengths: optional (N,) valid sizes of padded clouds.
         x_normals, y_normals: optional (N, P1, 3) / (N, P2, 3); used only if both are given.
         weights: optional (N,) non-negative per-cloud weights.
@@ -444,7 +458,7 @@ def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_nor
 
     Raises:
         ValueError: unknown reductions, batch_reduction without point_reduction, norm not in
-            (1, 2), normals with "max", malformed shapes or lengths, D != 3, bad weights.
+            (1, 2), normals with "max", malformed shapes or lengths, D = 0, bad weights.
     """
     _check_reductions(batch_reduction, point_reduction)
     if norm not in (1, 2):
@@ -458,10 +472,8 @@ def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_nor
     if y.shape[0] != N or y.shape[2] != x.shape[2]:
         raise ValueError(f"y does not have the correct shape. (x {describe(x)}, "
                          f"y {describe(y)})")
-    x_points, y_points = x, y
-    x, y = as_xyz(x, "x"), as_xyz(y, "y")
-    _check_normals(x_normals, x_points, "x")
-    _check_normals(y_normals, y_points, "y")
+    _check_normals(x_normals, x, "x")
+    _check_normals(y_normals, y, "y")
     if point_reduction == "max" and (x.shape[1] == 0 or y.shape[1] == 0):
         raise ValueError(f'point_reduction "max" needs non-empty clouds, got x {describe(x)}, '
                          f'y {describe(y)}')
@@ -477,7 +489,7 @@ def chamfer_distance(x, y, x_lengths=None, y_lengths=None, x_normals=None, y_nor
             acc = torch.promote_types(x.dtype,
                                       torch.promote_types(x_normals.dtype, y_normals.dtype))
             x_normals, y_normals = x_normals.to(acc), y_normals.to(acc)
-        nearest = chamfer(x, y, x_lengths, y_lengths, norm=norm)
+        nearest = _nearest_both_ways(x, y, x_lengths, y_lengths, norm)
         x_terms = _one_direction(nearest.dist_xy, nearest.idx_xy, x_lengths, x_normals,
                                  y_normals, weights, point_reduction, abs_cosine)
         y_terms = _one_direction(nearest.dist_yx, nearest.idx_yx, y_lengths, y_normals,
