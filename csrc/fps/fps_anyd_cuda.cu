@@ -20,6 +20,7 @@
 
 #include "common/cuda_utils.cuh"
 #include "fps/fps_anyd.h"
+#include "fps/fps_argmax_cuda.cuh"
 
 namespace recon_fast {
 namespace {
@@ -27,9 +28,11 @@ namespace {
 using cuda::acc_t;
 using cuda::kFullMask;
 using cuda::kWarpSize;
+using fps_argmax::block_argmax;
+using fps_argmax::keep_farther;
+using fps_argmax::kNoIndex;
 
 constexpr int kMaxThreads = 1024;
-constexpr int32_t kNoIndex = std::numeric_limits<int32_t>::max();
 
 template <typename scalar_t>
 struct FpsAnyDParams {
@@ -42,25 +45,6 @@ struct FpsAnyDParams {
   acc_t<scalar_t>* scratch;  // (B, N) running minima
   int64_t* out;              // (B, m)
 };
-
-// (d, i) beats (best_d, best_i): larger distance, or equal distance and lower index.
-template <typename T>
-__device__ __forceinline__ void keep_farther(T& best_d, int32_t& best_i, T d, int32_t i) {
-  if (d > best_d || (d == best_d && i < best_i)) {
-    best_d = d;
-    best_i = i;
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void warp_argmax(T& d, int32_t& i) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    const T other_d = __shfl_xor_sync(kFullMask, d, offset);
-    const int32_t other_i = __shfl_xor_sync(kFullMask, i, offset);
-    keep_farther(d, i, other_d, other_i);
-  }
-}
 
 // Squared distance of point a (scalar_t) to point c, or the squared norm of a when c is null.
 template <typename T, typename scalar_t>
@@ -83,7 +67,6 @@ __global__ void __launch_bounds__(kMaxThreads) fps_anyd_kernel(const FpsAnyDPara
 
   const int64_t b = blockIdx.x;
   const int tid = threadIdx.x, threads = blockDim.x;
-  const int lane = tid % kWarpSize, warp = tid / kWarpSize, num_warps = threads / kWarpSize;
   const int64_t D = p.D;
   const int64_t len = cuda::clamp_length(p.lengths, b, p.N);
   const int64_t count = len < p.m ? len : p.m;
@@ -116,15 +99,7 @@ __global__ void __launch_bounds__(kMaxThreads) fps_anyd_kernel(const FpsAnyDPara
       mind[i] = md;
       keep_farther(best_d, best_i, md, static_cast<int32_t>(i));
     }
-    warp_argmax(best_d, best_i);
-    if (lane == 0) {
-      slot_d[parity][warp] = best_d;
-      slot_i[parity][warp] = best_i;
-    }
-    __syncthreads();
-    best_d = lane < num_warps ? slot_d[parity][lane] : -cuda::positive_infinity<T>();
-    best_i = lane < num_warps ? slot_i[parity][lane] : kNoIndex;
-    warp_argmax(best_d, best_i);
+    block_argmax(best_d, best_i, slot_d, slot_i, parity);
     last = best_i;
     if (tid == 0) out[j] = last;
   }
