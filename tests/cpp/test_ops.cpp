@@ -143,11 +143,12 @@ void test_chamfer() {
 void test_bad_input() {
   bool threw = false;
   try {
-    call_fps(at::rand({2, 10, 2}), 3);
+    call_fps(at::rand({2, 10, 0}), 3);
   } catch (const c10::ValueError& e) {
-    threw = std::string(e.what()).find("xyz must have shape (B, N, 3)") != std::string::npos;
+    threw = std::string(e.what()).find("xyz must have points of dimension D >= 1") !=
+            std::string::npos;
   }
-  expect(threw, "fps on (B, N, 2) raises a ValueError naming xyz");
+  expect(threw, "fps on (B, N, 0) raises a ValueError naming xyz");
 }
 
 }  // namespace
