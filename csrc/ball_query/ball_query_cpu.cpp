@@ -3,6 +3,7 @@
 // the reference's order ((d0^2 + d1^2) + d2^2 + ...), so membership near the boundary is decided
 // exactly as in the PyTorch restatement. D = 2 and 3 get unrolled loops, other D a runtime loop.
 #include "ball_query/ball_query.h"
+#include "knn/knn_anyd.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -163,42 +164,8 @@ std::tuple<at::Tensor, at::Tensor> ball_query_backward_cpu(const at::Tensor& gra
   check_ball_query_backward_args(grad_dist_in, query_in, points_in, idx_in);
   const at::Tensor grad_dist = grad_dist_in.contiguous(), query = query_in.contiguous(),
                    points = points_in.contiguous(), idx = idx_in.contiguous();
-  const int64_t B = query.size(0), M = query.size(1), N = points.size(1), D = query.size(2),
-                K = idx.size(2);
-  const auto acc_options = query.options().dtype(at::toOpMathType(query.scalar_type()));
-  at::Tensor grad_query = at::zeros({B, M, D}, acc_options);
-  at::Tensor grad_points = at::zeros({B, N, D}, acc_options);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(),
-                                  "ball_query_backward_cpu", [&] {
-    using T = acc_t<scalar_t>;
-    const scalar_t* q = query.data_ptr<scalar_t>();
-    const scalar_t* p = points.data_ptr<scalar_t>();
-    const scalar_t* g = grad_dist.data_ptr<scalar_t>();
-    const int64_t* ids = idx.data_ptr<int64_t>();
-    T* gq = grad_query.data_ptr<T>();
-    T* gp = grad_points.data_ptr<T>();
-    // One cloud per task: the scatter into grad_points never races.
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        for (int64_t i = 0; i < M; ++i) {
-          const int64_t bm = b * M + i;
-          for (int64_t s = 0; s < K; ++s) {
-            const int64_t j = ids[bm * K + s];
-            if (j < 0 || j >= N) continue;
-            const T grad = static_cast<T>(g[bm * K + s]);
-            for (int64_t d = 0; d < D; ++d) {
-              const T diff = static_cast<T>(q[bm * D + d]) -
-                             static_cast<T>(p[(b * N + j) * D + d]);
-              const T v = T(2) * diff * grad;
-              gq[bm * D + d] += v;
-              gp[(b * N + j) * D + d] -= v;
-            }
-          }
-        }
-      }
-    });
-  });
-  return {grad_query.to(query.scalar_type()), grad_points.to(query.scalar_type())};
+  // The gradient of squared distances to indexed neighbours is the kNN backward's (norm 2).
+  return knn_backward_anyd_cpu(grad_dist, query, points, idx, /*norm=*/2);
 }
 
 TORCH_LIBRARY_IMPL(recon_fast, CPU, m) {
