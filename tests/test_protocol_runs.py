@@ -253,3 +253,43 @@ def test_strict_refuses_the_best_of_several_vote_rounds(tmp_path, cache, pretrai
     with pytest.raises(ConfigError, match="--protocol must be one of official, strict"):
         finetune_module.run_finetune(load_config("embedded_finetune"), RunOptions(),
                                      protocol="best")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_resume_keeps_the_runs_protocol(tmp_path, cache, pretrained, capsys):
+    """strict and official finetuning train on different splits: a resume under the other
+    protocol is refused, naming it; under the run's own protocol it continues."""
+    splits = ("train", "val", "test")
+    base = ["finetune", "--config", "embedded_finetune", "--init-ckpt", pretrained,
+            "--epochs", "2", "--vote-rounds", "0"] + sets(splits) + common(tmp_path, cache)
+    assert main(base + ["--max-steps", "1"]) == 0, capsys.readouterr().err  # stops after a step
+    capsys.readouterr()
+    last = tmp_path / "ckpt-last.pth"
+    stored = torch.load(last, map_location="cpu", weights_only=False)
+    assert stored["identity"] == {"protocol": "strict", "select_on": "validation"}
+    assert main(base + ["--resume", "--protocol", "official"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "'strict' -> 'official'" in err and "protocol" in err
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 1
+    results = run(base + ["--resume", "--protocol", "strict"], capsys)
+    assert results["protocol"] == "strict" and results["global_step"] > 1
+
+
+@pytest.mark.parametrize("protocol, asked, expected", [
+    ("official", [], 299),  # the reference's test mode: for time in range(1, 300)
+    ("strict", [], 1), ("official", ["--vote-rounds", "3"], 3)])
+def test_eval_vote_rounds_default_to_the_protocols(protocol, asked, expected, monkeypatch,
+                                                    tmp_path, cache, pretrained, capsys):
+    import recon_fast.train.evaluate as evaluate_module
+
+    seen = {}
+
+    def record(method, config, opts, **kwargs):
+        seen.update(kwargs)
+        raise ConfigError("recorded")  # stop before any work: only the arguments matter
+
+    monkeypatch.setattr(evaluate_module, "run_evaluation", record)
+    assert main(["eval", "vote", "--config", "embedded_finetune", "--ckpt", pretrained,
+                 "--protocol", protocol] + asked + common(tmp_path, cache)) == 2
+    assert "recorded" in capsys.readouterr().err
+    assert seen["vote_rounds"] == expected and seen["protocol"] == protocol

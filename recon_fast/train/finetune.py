@@ -75,7 +75,8 @@ def run_finetune(config: Config, opts: RunOptions, *, protocol: str = DEFAULT_PR
                           "test split, which --protocol strict does not do (one pass: "
                           "--vote-rounds 1, or 0 to skip voting); use --protocol official")
     config = apply_epoch_override(config, opts.epochs)
-    with Trainer(config, opts, task="finetune") as trainer:
+    with Trainer(config, opts, task="finetune",
+                 identity={"protocol": protocol, "select_on": select_on}) as trainer:
         log = trainer.logger
         train_set = barrier_first(trainer.dist, lambda: split_dataset(config, "train", opts, log.progress))
         seeds = {"run": opts.seed, "eval": EVAL_SEED}

@@ -81,8 +81,12 @@ class Trainer:
     log, and itself does the backward pass, clipping, the optimizer step, logging, validation
     and checkpoints (the nanoGPT split). Leaving the ``with`` block closes the logs."""
 
-    def __init__(self, config: Config, opts: RunOptions, *, task: str):
+    def __init__(self, config: Config, opts: RunOptions, *, task: str,
+                 identity: Optional[dict] = None):
+        # identity: what defines the run besides its config (finetune: the protocol and how the
+        # checkpoint is selected); stored in every checkpoint, a resume must match it.
         self.config, self.opts, self.task = config, opts, task
+        self.identity = dict(identity or {})
         self.device = resolve_device(opts.device)
         self.dist = setup_distributed(self.device)
         check_run_options(opts)
@@ -156,7 +160,7 @@ class Trainer:
         if missing:
             raise CheckpointError(f"{path} cannot be resumed: it lacks {missing} (not a recon_fast run "
                              "checkpoint; use --init-ckpt to start from its weights instead)")
-        check_resumable(path, ckpt, self.config.to_dict(), self.dist.world)
+        check_resumable(path, ckpt, self.config.to_dict(), self.dist.world, self.identity)
         try:
             self.raw_model.load_state_dict(ckpt["base_model"], strict=True)
         except RuntimeError as err:
@@ -334,6 +338,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": self.config.to_dict(),
             "task": self.task,
+            "identity": self.identity,
         }
         path = os.path.join(self.opts.out_dir, name)
         save_atomic(state, path)

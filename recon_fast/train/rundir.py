@@ -125,8 +125,25 @@ def _short(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def check_resumable(path: str, ckpt: dict, requested_config: dict, world: int) -> None:
-    """Refuse a resume that would silently train something else than the stored run."""
+def _check_identity(path: str, ckpt: dict, requested: dict) -> None:
+    # Checkpoints written before identities were stored carry none: nothing to compare.
+    stored = ckpt.get("identity")
+    if not isinstance(stored, dict):
+        return
+    differences = {key: (stored.get(key), value) for key, value in requested.items()
+                   if stored.get(key) != value}
+    if differences:
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in differences.items())
+        raise ConfigError(f"--resume {path}: the run was started otherwise ({listed}); resume it "
+                          "with its own settings (e.g. the same --protocol), or start a new --out")
+
+
+def check_resumable(path: str, ckpt: dict, requested_config: dict, world: int,
+                    identity: dict | None = None) -> None:
+    """Refuse a resume that would silently train something else than the stored run: another
+    config, process count, or identity (e.g. the finetune protocol: strict and official train
+    on different splits)."""
+    _check_identity(path, ckpt, identity or {})
     stored = ckpt.get("config")
     if isinstance(stored, dict):
         differences = config_differences(stored, requested_config)
