@@ -20,7 +20,8 @@ import time
 
 from recon_fast.attention import BACKENDS
 from recon_fast.errors import InputError, ReconFastError
-from recon_fast.eval.protocol import DEFAULT_PROTOCOL, PROTOCOLS
+from recon_fast.eval.protocol import (DEFAULT_PROTOCOL, OFFICIAL_VOTE_ROUNDS, PROTOCOLS,
+                                      default_vote_rounds)
 from recon_fast.train.evaluate import EVALUATION_MODELS
 from recon_fast.train.runtime import AMP_CHOICES, IMAGE_TEACHER_MODES
 
@@ -266,7 +267,8 @@ def _eval(args: argparse.Namespace) -> int:
     started, config = time.perf_counter(), _load(args)
     result = run_evaluation(args.evaluation, config, _options(args), ckpt=args.ckpt,
                             protocol=args.protocol, votes=args.votes,
-                            vote_rounds=args.vote_rounds)
+                            vote_rounds=args.vote_rounds if args.vote_rounds is not None
+                            else default_vote_rounds(args.protocol))
     _report(args, config, result, started, checkpoint=args.ckpt)
     return 0
 
@@ -357,8 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--votes", type=int, default=10, help="votes per test round (default 10)")
     f.add_argument("--vote-rounds", type=int, default=1,
                    help="voting rounds on the test set with the best checkpoint; the best round "
-                        "is reported (--protocol official only; the reference runs 299); 0 "
-                        "skips voting (default 1)")
+                        "is reported (more than 1 with --protocol official only; the "
+                        f"reference's test mode runs {OFFICIAL_VOTE_ROUNDS}: `recon-fast eval "
+                        "vote --protocol official` does so by default); 0 skips voting "
+                        "(default 1)")
     _add_protocol(f)
     _add_recompute_bn(f)
     f.set_defaults(func=_finetune)
@@ -378,8 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "test-time voting; accuracy: plain-FPS accuracy")
     e.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
     e.add_argument("--votes", type=int, default=10, help="votes per round (vote)")
-    e.add_argument("--vote-rounds", type=int, default=1,
-                   help="voting rounds, best reported (vote, --protocol official only)")
+    e.add_argument("--vote-rounds", type=int, default=None,
+                   help="voting rounds, the best reported (vote; more than 1 with --protocol "
+                        f"official only; default: {OFFICIAL_VOTE_ROUNDS} under official, as the "
+                        "reference's test mode, 1 under strict)")
     _add_protocol(e)
     _add_run_options(e, "runs/eval")
     _add_teacher_options(e, image=False)

@@ -25,6 +25,9 @@ from recon_fast.errors import ConfigError, DataError
 
 PROTOCOLS = ("official", "strict")
 DEFAULT_PROTOCOL = "strict"
+# Voting rounds of the reference's test mode (runner_finetune.test: `for time in range(1, 300)`,
+# the best round reported): `eval vote --protocol official` runs as many unless told otherwise.
+OFFICIAL_VOTE_ROUNDS = 299
 # strict finetuning: this fraction of each class's training shapes (rounded, at least one when a
 # class has two or more) becomes the validation split, drawn with this seed whatever the run's
 # --seed, so every seed of a study selects on the same shapes.
@@ -33,6 +36,11 @@ VALIDATION_SEED = 0
 # Seed of the random draws in a measurement (voting subsets and transforms, zero-shot subsets):
 # round r of voting uses EVAL_SEED + r, so the strict single pass is the official round 0.
 EVAL_SEED = 0
+
+
+def default_vote_rounds(protocol: str) -> int:
+    """Voting rounds when none are asked for: the reference's under official, one under strict."""
+    return OFFICIAL_VOTE_ROUNDS if check_protocol(protocol) == "official" else 1
 
 
 def check_protocol(protocol: str) -> str:
