@@ -16,6 +16,7 @@ from recon_fast.data import (NUM_PROMPTS, PROMPT_PREFIXES, PROMPT_SUFFIXES, Imag
                              random_subset, rotate_y, scale, scale_and_translate,
                              train_augmentation, vote_augmentation)
 from recon_fast.data.image import RANDAUGMENT_POOL, cutout
+from recon_fast.errors import ConfigError, DataError
 
 # Typed from the official TextTransformer (models/CrossModal.py), independently of the package.
 OFFICIAL_PREFIXES = [
@@ -163,10 +164,21 @@ def test_prompts_match_the_official_lists():
 def test_point_all_table():
     assert [point_all_for(n, 10000) for n in (1024, 2048, 4096, 8192)] == [1200, 2400, 4800, 8192]
     assert point_all_for(2048, 2048) == 2048  # ScanObjectNN: only a permutation
-    with pytest.raises(ValueError, match="npoints must be one of"):
+    with pytest.raises(ConfigError, match="npoints must be one of"):
         point_all_for(1000, 5000)
-    with pytest.raises(ValueError, match="cannot draw npoints=2048 from clouds of 1500"):
+    with pytest.raises(DataError, match="cannot draw npoints=2048 from clouds of 1500"):
         point_all_for(2048, 1500)
+
+
+def test_finetune_refuses_npoints_without_a_pool_before_training(tmp_path, capsys):
+    from recon_fast.cli import main
+
+    out = tmp_path / "run"
+    assert main(["finetune", "--config", "embedded_finetune", "--set", "npoints=512",
+                 "--out", str(out), "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "npoints must be one of [1024, 2048, 4096, 8192]" in err and "512" in err
+    assert "Traceback" not in err and not out.exists()  # refused before the run folder
 
 
 def test_fps_sample_and_fps_then_random_against_reference():

@@ -29,8 +29,8 @@ from recon_fast.data.pointcloud import (PointcloudRotate, PointcloudScale,
                                         vote_augmentation)
 from recon_fast.data.prompts import (NUM_PREFIXES, NUM_PROMPTS, NUM_SUFFIXES, PROMPT_PREFIXES,
                                      PROMPT_SUFFIXES, all_prompts, build_prompt, prompt_ids)
-from recon_fast.data.sampling import (POINT_ALL, fps_indices, fps_sample, fps_then_random,
-                                      point_all_for, random_subset)
+from recon_fast.data.sampling import (POINT_ALL, check_point_all, fps_indices, fps_sample,
+                                      fps_then_random, point_all_for, random_subset)
 from recon_fast.data.scanobjectnn import SCANOBJECTNN_CLASSES, ScanObjectNN
 from recon_fast.data.shapenet import ShapeNet55, ShapeNetPaths
 
@@ -43,6 +43,6 @@ __all__ = [
     "build_loader", "EpochSampler", "seed_worker", "to_device", "pc_norm", "rotate_y", "scale", "scale_and_translate",
     "PointcloudRotate", "PointcloudScale", "PointcloudScaleAndTranslate", "train_augmentation",
     "vote_augmentation", "PROMPT_PREFIXES", "PROMPT_SUFFIXES", "NUM_PREFIXES", "NUM_SUFFIXES",
-    "NUM_PROMPTS", "build_prompt", "all_prompts", "prompt_ids", "POINT_ALL", "point_all_for",
+    "NUM_PROMPTS", "build_prompt", "all_prompts", "prompt_ids", "POINT_ALL", "point_all_for", "check_point_all",
     "fps_indices", "fps_sample", "fps_then_random", "random_subset",
 ]

@@ -17,19 +17,26 @@ from typing import Optional
 import torch
 
 from recon_fast import ops
+from recon_fast.errors import ConfigError, DataError
 from recon_fast.ops.fps import POINTNET2_MIN_NORM_SQ
 
 # npoints -> number of FPS points the random subset is drawn from (tools/runner_finetune.py).
 POINT_ALL = {1024: 1200, 2048: 2400, 4096: 4800, 8192: 8192}
 
 
+def check_point_all(npoints: int) -> None:
+    """Refuse an `npoints` that FPS-then-random subsampling (finetuning, voting) has no pool
+    size for, before a run starts rather than at its first batch."""
+    if npoints not in POINT_ALL:
+        raise ConfigError(f"npoints must be one of {sorted(POINT_ALL)} for FPS-then-random "
+                          f"subsampling (the official finetuning pools), got {npoints!r}")
+
+
 def point_all_for(npoints: int, available: int) -> int:
     """The FPS pool size for `npoints` (1200/2400/4800/8192), capped at the points available."""
-    if npoints not in POINT_ALL:
-        raise ValueError(f"npoints must be one of {sorted(POINT_ALL)} for FPS-then-random "
-                         f"subsampling, got {npoints!r}")
+    check_point_all(npoints)
     if available < npoints:
-        raise ValueError(f"cannot draw npoints={npoints} from clouds of {available} points")
+        raise DataError(f"cannot draw npoints={npoints} from clouds of {available} points")
     return min(POINT_ALL[npoints], available)
 
 

@@ -11,7 +11,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from recon_fast.data import dataset_from_config, fps_then_random, train_augmentation, vote_augmentation
+from recon_fast.data import (check_point_all, dataset_from_config, fps_then_random, train_augmentation,
+                             vote_augmentation)
 from recon_fast.data.loader import build_loader
 from recon_fast.eval.batchnorm import recompute_bn_statistics, should_recompute
 from recon_fast.eval.classification import accuracy, vote_accuracy
@@ -75,6 +76,7 @@ def run_finetune(config: Config, opts: RunOptions, *, protocol: str = DEFAULT_PR
                           "test split, which --protocol strict does not do (one pass: "
                           "--vote-rounds 1, or 0 to skip voting); use --protocol official")
     config = apply_epoch_override(config, opts.epochs)
+    check_point_all(int(config.npoints))
     with Trainer(config, opts, task="finetune",
                  identity={"protocol": protocol, "select_on": select_on}) as trainer:
         log = trainer.logger
