@@ -293,3 +293,27 @@ def test_eval_vote_rounds_default_to_the_protocols(protocol, asked, expected, mo
                  "--protocol", protocol] + asked + common(tmp_path, cache)) == 2
     assert "recorded" in capsys.readouterr().err
     assert seen["vote_rounds"] == expected and seen["protocol"] == protocol
+
+
+def test_voting_rounds_report_their_progress():
+    """Many rounds take a while (the reference's 299): each round is logged with the best so far,
+    as the reference's [TEST_VOTE_time r] lines; one round logs nothing extra."""
+    from recon_fast.eval.classification import round_reporter, vote_accuracy
+
+    class FirstCoordinate(torch.nn.Module):  # "class 1" when the subset's mean x is positive
+        def forward(self, points):
+            x = points[..., 0].mean(dim=1)
+            return torch.stack([-x, x], dim=1)
+
+    clouds = torch.randn(4, 1200, 3, generator=torch.Generator().manual_seed(0))
+    batch = {"points": clouds, "label": torch.tensor([0, 1, 0, 1])}
+    lines = []
+    best, rounds = vote_accuracy(FirstCoordinate(), lambda: [batch], 1024, torch.device("cpu"),
+                                 lambda p: p, votes=2, rounds=3, seed=0,
+                                 on_round=round_reporter(lines.append, "eval", 3, 2))
+    assert lines[0] == "[eval] voting: 3 rounds of 2 votes, the best reported"
+    assert len(lines) == 4 and best == max(rounds)
+    for r, line in enumerate(lines[1:]):
+        assert line == (f"[eval] vote round {r + 1}/3: {rounds[r] * 100:.2f}% "
+                        f"(best {max(rounds[:r + 1]) * 100:.2f}%)")
+    assert round_reporter(lines.append, "eval", 1, 10) is None

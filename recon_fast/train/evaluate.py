@@ -117,12 +117,13 @@ def _evaluate(method, protocol, config, opts, model, npoints, batch_size, device
         logger.info(f"[eval] accuracy (plain FPS): {acc * 100:.2f}%")
         return {"accuracy": acc}
     from recon_fast.data import vote_augmentation
-    from recon_fast.eval.classification import vote_accuracy
+    from recon_fast.eval.classification import round_reporter, vote_accuracy
 
     best, rounds = vote_accuracy(model, lambda: plain_batches(test, batch_size, opts.workers),
                                  npoints, device, vote_augmentation(dataset_name(test)),
                                  votes=votes, rounds=vote_rounds, autocast=autocast,
-                                 seed=EVAL_SEED)
+                                 seed=EVAL_SEED,
+                                 on_round=round_reporter(logger.info, "eval", vote_rounds, votes))
     how = (f"one pass, seed {EVAL_SEED}" if protocol == "strict" else
            f"best of {vote_rounds} rounds, seeds {EVAL_SEED}..{EVAL_SEED + vote_rounds - 1}")
     logger.info(f"[eval] voting accuracy ({votes} votes, {how}): {best * 100:.2f}%")

@@ -15,7 +15,7 @@ from recon_fast.data import (check_point_all, dataset_from_config, fps_then_rand
                              vote_augmentation)
 from recon_fast.data.loader import build_loader
 from recon_fast.eval.batchnorm import recompute_bn_statistics, should_recompute
-from recon_fast.eval.classification import accuracy, vote_accuracy
+from recon_fast.eval.classification import accuracy, round_reporter, vote_accuracy
 from recon_fast.eval.protocol import (DEFAULT_PROTOCOL, EVAL_SEED, VALIDATION_FRACTION,
                                       VALIDATION_SEED, carve_validation, check_protocol,
                                       seeded)
@@ -242,6 +242,7 @@ def test_with_voting(config: Config, opts: RunOptions, trainer: Trainer, name: s
     best, per_round = vote_accuracy(
         trainer.raw_model, lambda: plain_batches(test_set, batch_size, opts.workers),
         int(config.npoints), trainer.device, vote_augmentation(name), votes=votes, rounds=rounds,
-        autocast=trainer.autocast, seed=EVAL_SEED)
+        autocast=trainer.autocast, seed=EVAL_SEED,
+        on_round=round_reporter(trainer.logger.info, "test", rounds, votes))
     trainer.logger.info(f"[test] voting ({votes} votes, best of {rounds} rounds): {best * 100:.2f}%")
     return best, per_round
