@@ -317,3 +317,19 @@ def test_voting_rounds_report_their_progress():
         assert line == (f"[eval] vote round {r + 1}/3: {rounds[r] * 100:.2f}% "
                         f"(best {max(rounds[:r + 1]) * 100:.2f}%)")
     assert round_reporter(lines.append, "eval", 1, 10) is None
+
+
+@pytest.mark.parametrize("command, words", [
+    (["eval", "vote", "--vote-rounds", "0", "--protocol", "official"], "--vote-rounds must be >= 1, got 0"),
+    (["eval", "vote", "--vote-rounds", "-2", "--protocol", "official"], "--vote-rounds must be >= 1, got -2"),
+    (["eval", "vote", "--votes", "0"], "--votes must be >= 1, got 0"),
+    (["finetune", "--vote-rounds", "-1"], "--vote-rounds must be >= 0, got -1"),
+    (["finetune", "--votes", "0"], "--votes must be >= 1, got 0")])
+def test_vote_counts_that_vote_on_nothing_are_refused_first(command, words, tmp_path, capsys):
+    """Refused before the checkpoint (here a missing file) or any data is read."""
+    ckpt = ["--ckpt", str(tmp_path / "missing.pth")] if command[0] == "eval" else \
+        ["--init-ckpt", str(tmp_path / "missing.pth")]
+    assert main(command + ["--config", "embedded_finetune", "--out", str(tmp_path / "run")]
+                + ckpt) == 2
+    err = capsys.readouterr().err
+    assert words in err and "missing.pth" not in err

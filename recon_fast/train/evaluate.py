@@ -37,6 +37,10 @@ def run_evaluation(method: str, config: Config, opts: RunOptions, *, ckpt: str,
     if method not in EVALUATION_MODELS:
         raise ConfigError(f"unknown evaluation {method!r}; choose from {sorted(EVALUATION_MODELS)}")
     check_protocol(protocol)
+    if method == "vote":
+        from recon_fast.eval.classification import check_voting
+
+        check_voting(votes, vote_rounds)
     if method == "vote" and protocol == "strict" and vote_rounds != 1:
         raise ConfigError(f"--vote-rounds {vote_rounds}: --protocol strict votes in one pass "
                           "(--vote-rounds 1); the best of several rounds on the test split is "

@@ -15,7 +15,8 @@ from recon_fast.data import (check_point_all, dataset_from_config, fps_then_rand
                              vote_augmentation)
 from recon_fast.data.loader import build_loader
 from recon_fast.eval.batchnorm import recompute_bn_statistics, should_recompute
-from recon_fast.eval.classification import accuracy, round_reporter, vote_accuracy
+from recon_fast.eval.classification import (accuracy, check_voting, round_reporter,
+                                           vote_accuracy)
 from recon_fast.eval.protocol import (DEFAULT_PROTOCOL, EVAL_SEED, VALIDATION_FRACTION,
                                       VALIDATION_SEED, carve_validation, check_protocol,
                                       seeded)
@@ -68,6 +69,7 @@ def run_finetune(config: Config, opts: RunOptions, *, protocol: str = DEFAULT_PR
     'test_accuracy' (plain FPS) and 'vote' (one voting pass, fixed seed). `on_validated(epoch,
     model)` runs after each validation, with the model as its checkpoint will hold it."""
     check_protocol(protocol)
+    check_voting(votes, vote_rounds, minimum_rounds=0)
     strict = protocol == "strict"
     if select_on not in ("validation", "last"):
         raise ConfigError(f"select_on must be 'validation' or 'last', got {select_on!r}")
