@@ -51,6 +51,26 @@ inline typename Simd<T>::ivec simd_lanes() {
   return r;
 }
 
+// The largest value over every lane of two running maxima (best[a], at indices best_idx[a]),
+// ties to the lowest index: FPS's argmax, as a scan of the points in index order would give.
+template <typename T>
+inline int64_t simd_argmax_lowest_index(const typename Simd<T>::vec (&best)[2],
+                                        const typename Simd<T>::ivec (&best_idx)[2]) {
+  T best_val = -std::numeric_limits<T>::infinity();
+  int64_t best_i = 0;
+  for (int a = 0; a < 2; ++a) {
+    for (int l = 0; l < Simd<T>::width; ++l) {
+      const T v = best[a][l];
+      const int64_t i = static_cast<int64_t>(best_idx[a][l]);
+      if (v > best_val || (v == best_val && i < best_i)) {
+        best_val = v;
+        best_i = i;
+      }
+    }
+  }
+  return best_i;
+}
+
 template <typename T>
 inline typename Simd<T>::vec simd_abs(typename Simd<T>::vec v) {
   return v < 0 ? -v : v;

@@ -57,17 +57,7 @@ void fps_brute_force(const SoaCloud<T>& cloud, const std::vector<char>& eligible
       visit(i + W, 1);
     }
     if (i < padded) visit(i, 0);
-    T best_val = -inf;
-    I best_i = 0;
-    for (int a = 0; a < 2; ++a) {
-      for (int l = 0; l < W; ++l) {
-        if (best[a][l] > best_val || (best[a][l] == best_val && best_idx[a][l] < best_i)) {
-          best_val = best[a][l];
-          best_i = best_idx[a][l];
-        }
-      }
-    }
-    last = static_cast<int64_t>(best_i);
+    last = simd_argmax_lowest_index<T>(best, best_idx);
     out[j] = last;
   }
 }
