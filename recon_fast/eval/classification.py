@@ -9,7 +9,6 @@ import torch
 
 from recon_fast.data import fps_indices, fps_sample, point_all_for, random_subset
 from recon_fast.data.loader import to_device
-from recon_fast.errors import ConfigError
 from recon_fast.eval.protocol import seeded
 
 
@@ -51,15 +50,6 @@ def vote_accuracy(model: torch.nn.Module, batches: Callable[[], Iterable[dict]],
         if on_round is not None:
             on_round(r, per_round[-1], max(per_round))
     return max(per_round), per_round
-
-
-def check_voting(votes: int, rounds: int, *, minimum_rounds: int = 1) -> None:
-    """Refuse vote counts that would vote on nothing, before any model or data is loaded
-    (finetune allows --vote-rounds 0: no voting)."""
-    if votes < 1:
-        raise ConfigError(f"--votes must be >= 1, got {votes}")
-    if rounds < minimum_rounds:
-        raise ConfigError(f"--vote-rounds must be >= {minimum_rounds}, got {rounds}")
 
 
 def round_reporter(log: Callable[[str], None], tag: str, rounds: int, votes: int

@@ -43,6 +43,22 @@ def default_vote_rounds(protocol: str) -> int:
     return OFFICIAL_VOTE_ROUNDS if check_protocol(protocol) == "official" else 1
 
 
+def check_voting(protocol: str, votes: int, rounds: int, *, minimum_rounds: int = 1) -> None:
+    """Refuse, before any model or data is loaded, vote counts that would vote on nothing and
+    several rounds under strict (the best of several rounds selects on the test split).
+    finetune passes minimum_rounds=0: --vote-rounds 0 skips its voting."""
+    check_protocol(protocol)
+    if votes < 1:
+        raise ConfigError(f"--votes must be >= 1, got {votes}")
+    if rounds < minimum_rounds:
+        raise ConfigError(f"--vote-rounds must be >= {minimum_rounds}, got {rounds}")
+    if protocol == "strict" and rounds > 1:
+        skip = ", or 0 to skip voting" if minimum_rounds == 0 else ""
+        raise ConfigError(f"--vote-rounds {rounds} reports the best of several rounds on the test "
+                          f"split, which --protocol strict does not do (one pass: --vote-rounds "
+                          f"1{skip}); use --protocol official")
+
+
 def check_protocol(protocol: str) -> str:
     if protocol not in PROTOCOLS:
         raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")

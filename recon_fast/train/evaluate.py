@@ -3,7 +3,8 @@ the strict protocol (recon_fast.eval.protocol)."""
 
 from __future__ import annotations
 
-from recon_fast.eval.protocol import DEFAULT_PROTOCOL, EVAL_SEED, check_protocol, seeded
+from recon_fast.eval.protocol import (DEFAULT_PROTOCOL, EVAL_SEED, check_protocol, check_voting,
+                                      seeded)
 from recon_fast.train.config import Config, ConfigError
 from recon_fast.train.finetune import dataset_name, plain_batches, split_dataset
 from recon_fast.train.loop import build_model_from_config
@@ -38,13 +39,7 @@ def run_evaluation(method: str, config: Config, opts: RunOptions, *, ckpt: str,
         raise ConfigError(f"unknown evaluation {method!r}; choose from {sorted(EVALUATION_MODELS)}")
     check_protocol(protocol)
     if method == "vote":
-        from recon_fast.eval.classification import check_voting
-
-        check_voting(votes, vote_rounds)
-    if method == "vote" and protocol == "strict" and vote_rounds != 1:
-        raise ConfigError(f"--vote-rounds {vote_rounds}: --protocol strict votes in one pass "
-                          "(--vote-rounds 1); the best of several rounds on the test split is "
-                          "--protocol official")
+        check_voting(protocol, votes, vote_rounds)
     want = EVALUATION_MODELS[method]
     if config.model.get("NAME") != want:
         raise ConfigError(f"eval {method} needs a config whose model.NAME is {want!r} (as the "

@@ -15,10 +15,9 @@ from recon_fast.data import (check_point_all, dataset_from_config, fps_then_rand
                              vote_augmentation)
 from recon_fast.data.loader import build_loader
 from recon_fast.eval.batchnorm import recompute_bn_statistics, should_recompute
-from recon_fast.eval.classification import (accuracy, check_voting, round_reporter,
-                                           vote_accuracy)
+from recon_fast.eval.classification import accuracy, round_reporter, vote_accuracy
 from recon_fast.eval.protocol import (DEFAULT_PROTOCOL, EVAL_SEED, VALIDATION_FRACTION,
-                                      VALIDATION_SEED, carve_validation, check_protocol,
+                                      VALIDATION_SEED, carve_validation, check_voting,
                                       seeded)
 from recon_fast.train.config import Config, ConfigError, save_config
 from recon_fast.train.loop import (BEST, Trainer, apply_epoch_override, barrier_first,
@@ -68,15 +67,10 @@ def run_finetune(config: Config, opts: RunOptions, *, protocol: str = DEFAULT_PR
     validation and keeps the last epoch; that model is then measured once on the test split:
     'test_accuracy' (plain FPS) and 'vote' (one voting pass, fixed seed). `on_validated(epoch,
     model)` runs after each validation, with the model as its checkpoint will hold it."""
-    check_protocol(protocol)
-    check_voting(votes, vote_rounds, minimum_rounds=0)
+    check_voting(protocol, votes, vote_rounds, minimum_rounds=0)
     strict = protocol == "strict"
     if select_on not in ("validation", "last"):
         raise ConfigError(f"select_on must be 'validation' or 'last', got {select_on!r}")
-    if strict and vote_rounds > 1:
-        raise ConfigError(f"--vote-rounds {vote_rounds} reports the best of several rounds on the "
-                          "test split, which --protocol strict does not do (one pass: "
-                          "--vote-rounds 1, or 0 to skip voting); use --protocol official")
     config = apply_epoch_override(config, opts.epochs)
     check_point_all(int(config.npoints))
     with Trainer(config, opts, task="finetune",
