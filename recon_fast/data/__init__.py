@@ -43,6 +43,7 @@ __all__ = [
     "build_loader", "EpochSampler", "seed_worker", "to_device", "pc_norm", "rotate_y", "scale", "scale_and_translate",
     "PointcloudRotate", "PointcloudScale", "PointcloudScaleAndTranslate", "train_augmentation",
     "vote_augmentation", "PROMPT_PREFIXES", "PROMPT_SUFFIXES", "NUM_PREFIXES", "NUM_SUFFIXES",
-    "NUM_PROMPTS", "build_prompt", "all_prompts", "prompt_ids", "POINT_ALL", "point_all_for", "check_point_all",
+    "NUM_PROMPTS", "build_prompt", "all_prompts", "prompt_ids", "POINT_ALL", "point_all_for",
+    "check_point_all",
     "fps_indices", "fps_sample", "fps_then_random", "random_subset",
 ]

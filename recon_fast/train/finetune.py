@@ -11,8 +11,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from recon_fast.data import (check_point_all, dataset_from_config, fps_then_random, train_augmentation,
-                             vote_augmentation)
+from recon_fast.data import (check_point_all, dataset_from_config, fps_then_random,
+                             train_augmentation, vote_augmentation)
 from recon_fast.data.loader import build_loader
 from recon_fast.eval.batchnorm import recompute_bn_statistics, should_recompute
 from recon_fast.eval.classification import accuracy, round_reporter, vote_accuracy
